@@ -1,0 +1,86 @@
+/*
+ * internal.h - declarations shared by the core's own files, not part of the public API.
+ */
+#ifndef BLOCKD_INTERNAL_H
+#define BLOCKD_INTERNAL_H
+
+#include "blockd/blockd.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define BD_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define bd_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+void bd_log_use_syslog(bool on);
+
+/* loop.c: the list of I/O loops that exports spread work over. [control] */
+void bd_io_loop_register(struct bd_loop *loop);
+void bd_io_loop_unregister(struct bd_loop *loop);
+/* Stop and join every loop but main (shutdown). */
+void bd_loops_destroy_all(void);
+
+/* loop.c: one iteration of the calling thread's loop (control thread waits). */
+void bd_loop_poll_once(void);
+
+/* object.c */
+void bd_iothreads_destroy_all(void);
+const char *bd_iothread_id_of(const struct bd_loop *loop);
+struct bd_loop *bd_default_io_loop(void);
+int bd_default_io_loop_create(struct bd_err *err);
+
+struct bd_child {
+	struct bd_node *node;
+	struct bd_node *parent;
+	char name[32];
+	struct bd_child *next;
+};
+
+/* In-flight read-modify-write ranges of a node (unaligned writes under O_DIRECT). */
+struct bd_rmw_range {
+	uint64_t start, end;
+	struct bd_req *waiters; /* RMW requests that overlap, resubmitted when this ends */
+	struct bd_rmw_range *next;
+};
+
+struct bd_node {
+	char name[128];
+	bool auto_named;
+	const struct bd_driver *drv;
+	void *priv;
+	struct bd_limits limits;
+	struct bd_node_common common;
+	atomic_int refcnt;
+	int parents; /* how many parents hold this node as a child */
+	struct bd_child *children;
+	json_t *opts; /* as given, marks cleared */
+	struct bd_chan *chans[BD_MAX_LOOPS];
+	struct bd_node_watch *watches;
+	pthread_mutex_t rmw_lock;
+	struct bd_rmw_range *rmw_list;
+	struct bd_node *next; /* the graph's list */
+	bool closing;
+};
+
+struct bd_chan {
+	struct bd_node *node;
+	struct bd_loop *loop;
+	struct bd_req *free_list;
+	unsigned free_count;
+	struct bd_req *retry_head, *retry_tail; /* -EAGAIN from the driver */
+	struct bd_defer retry_defer;
+	uint64_t inflight; /* top-level requests */
+	struct bd_node_stats stats;
+	void *priv;
+};
+
+/* request.c */
+void bd_chan_free_all(struct bd_chan *ch);
+
+/* node.c */
+void bd_graph_close_all(void);
+
+/* export.c */
+void bd_exports_shutdown(void);
+
+#endif

@@ -1,0 +1,750 @@
+/*
+ * node.c - nodes and the graph: open, children, channels, references, drain, resize, delete.
+ * [control], except bd_node_chan() and the accessors, which any loop may call.
+ *
+ * A node is opened from an option tree.  The core reads the options every node has (node-name,
+ * driver, read-only, cache.*, discard, detect-zeroes, ...), the driver's open() reads its own,
+ * and any key nobody read is an error.  Inline children inherit cache.*, read-only, discard and
+ * force-share from their parent unless they set them, as in QEMU.
+ */
+#include "blockd/internal.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct bd_node *graph_head, *graph_tail;
+static unsigned auto_name_counter;
+
+static const char *const discard_names[] = {"ignore", "unmap", "off", "on", NULL};
+static const char *const dz_names[] = {"off", "on", "unmap", NULL};
+
+const struct bd_driver *bd_driver_find(const char *name)
+{
+	for (const struct bd_driver *const *d = bd_driver_table; *d; d++)
+		if (!strcmp((*d)->name, name))
+			return *d;
+	return NULL;
+}
+
+/* ---- accessors ---- */
+
+void *bd_node_priv(struct bd_node *node)
+{
+	return node->priv;
+}
+
+const char *bd_node_name(const struct bd_node *node)
+{
+	return node->name;
+}
+
+const struct bd_driver *bd_node_driver(const struct bd_node *node)
+{
+	return node->drv;
+}
+
+const struct bd_limits *bd_node_limits(const struct bd_node *node)
+{
+	return &node->limits;
+}
+
+const struct bd_node_common *bd_node_common(const struct bd_node *node)
+{
+	return &node->common;
+}
+
+uint64_t bd_node_size(const struct bd_node *node)
+{
+	return node->limits.size;
+}
+
+bool bd_node_read_only(const struct bd_node *node)
+{
+	return node->common.read_only;
+}
+
+bool bd_node_can(const struct bd_node *node, enum bd_op op)
+{
+	switch (op) {
+	case BD_OP_WRITE:
+	case BD_OP_WRITE_ZEROES:
+	case BD_OP_DISCARD:
+		return !node->common.read_only;
+	case BD_OP_READ:
+	case BD_OP_FLUSH:
+	case BD_OP_BLOCK_STATUS:
+	case BD_OP_CACHE:
+		return true;
+	default:
+		return false;
+	}
+}
+
+bool bd_node_fast_zero(const struct bd_node *node)
+{
+	return !node->common.read_only && (node->limits.ops & BD_OP_BIT(BD_OP_WRITE_ZEROES));
+}
+
+struct bd_node *bd_child_node(struct bd_child *child)
+{
+	return child->node;
+}
+
+void *bd_chan_priv(struct bd_chan *ch)
+{
+	return ch->priv;
+}
+
+struct bd_node *bd_chan_node(struct bd_chan *ch)
+{
+	return ch->node;
+}
+
+struct bd_loop *bd_chan_loop(struct bd_chan *ch)
+{
+	return ch->loop;
+}
+
+/* ---- channels ---- */
+
+struct bd_chan *bd_node_chan(struct bd_node *node, struct bd_loop *loop)
+{
+	unsigned idx = bd_loop_index(loop);
+	struct bd_chan *ch = node->chans[idx];
+
+	if (ch)
+		return ch;
+	ch = calloc(1, sizeof(*ch) + node->drv->chan_size);
+	if (!ch)
+		abort();
+	ch->node = node;
+	ch->loop = loop;
+	ch->priv = node->drv->chan_size ? (void *)(ch + 1) : NULL;
+	if (node->drv->chan_open && node->drv->chan_open(node, ch) < 0) {
+		/* A driver that cannot set up a channel fails every request on it. */
+		bd_log(BD_LOG_ERROR, "node '%s': cannot open a channel on loop %s", node->name,
+		       bd_loop_name(loop));
+	}
+	node->chans[idx] = ch;
+	return ch;
+}
+
+struct bd_chan *bd_child_chan(struct bd_child *child, struct bd_chan *ch)
+{
+	return bd_node_chan(child->node, ch->loop);
+}
+
+struct chan_close_ctx {
+	struct bd_node *node;
+	struct bd_chan *ch;
+};
+
+static void chan_close_on_loop(void *arg)
+{
+	struct chan_close_ctx *c = arg;
+	if (c->node->drv->chan_close)
+		c->node->drv->chan_close(c->node, c->ch);
+	bd_chan_free_all(c->ch);
+}
+
+static void close_channels(struct bd_node *node)
+{
+	for (unsigned i = 0; i < BD_MAX_LOOPS; i++) {
+		struct bd_chan *ch = node->chans[i];
+		if (!ch)
+			continue;
+		struct chan_close_ctx c = {node, ch};
+		if (ch->loop == bd_loop_current() || !ch->loop)
+			chan_close_on_loop(&c);
+		else
+			bd_loop_call(ch->loop, chan_close_on_loop, &c);
+		free(ch);
+		node->chans[i] = NULL;
+	}
+}
+
+/* ---- drain and stats ---- */
+
+struct inflight_ctx {
+	struct bd_chan *ch;
+	uint64_t n;
+	struct bd_node_stats stats;
+};
+
+static void read_chan_on_loop(void *arg)
+{
+	struct inflight_ctx *c = arg;
+	c->n = c->ch->inflight + (c->ch->retry_head ? 1 : 0);
+	c->stats = c->ch->stats;
+}
+
+static uint64_t node_inflight(struct bd_node *node)
+{
+	uint64_t n = 0;
+	for (unsigned i = 0; i < BD_MAX_LOOPS; i++) {
+		struct bd_chan *ch = node->chans[i];
+		if (!ch)
+			continue;
+		struct inflight_ctx c = {.ch = ch};
+		if (ch->loop == bd_loop_current())
+			read_chan_on_loop(&c);
+		else
+			bd_loop_call(ch->loop, read_chan_on_loop, &c);
+		n += c.n;
+	}
+	return n;
+}
+
+void bd_node_drain(struct bd_node *node)
+{
+	for (;;) {
+		uint64_t n = node_inflight(node);
+		for (struct bd_child *c = node->children; c; c = c->next)
+			bd_node_drain(c->node);
+		if (n == 0 && node_inflight(node) == 0)
+			return;
+		if (bd_loop_current() && bd_loop_current() == bd_loop_main())
+			usleep(200);
+		else
+			usleep(200);
+	}
+}
+
+void bd_node_stats(struct bd_node *node, struct bd_node_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (unsigned i = 0; i < BD_MAX_LOOPS; i++) {
+		struct bd_chan *ch = node->chans[i];
+		if (!ch)
+			continue;
+		struct inflight_ctx c = {.ch = ch};
+		if (ch->loop == bd_loop_current())
+			read_chan_on_loop(&c);
+		else
+			bd_loop_call(ch->loop, read_chan_on_loop, &c);
+		for (int op = 0; op < BD_OP__COUNT; op++) {
+			out->ops[op] += c.stats.ops[op];
+			out->bytes[op] += c.stats.bytes[op];
+			out->errors[op] += c.stats.errors[op];
+			out->total_ns[op] += c.stats.total_ns[op];
+		}
+	}
+}
+
+/* ---- references and closing ---- */
+
+void bd_node_ref(struct bd_node *node)
+{
+	atomic_fetch_add(&node->refcnt, 1);
+}
+
+static void graph_unlink(struct bd_node *node)
+{
+	struct bd_node *prev = NULL;
+	for (struct bd_node *n = graph_head; n; prev = n, n = n->next) {
+		if (n != node)
+			continue;
+		if (prev)
+			prev->next = n->next;
+		else
+			graph_head = n->next;
+		if (graph_tail == n)
+			graph_tail = prev;
+		n->next = NULL;
+		return;
+	}
+}
+
+static void node_close(struct bd_node *node)
+{
+	node->closing = true;
+	bd_node_drain(node);
+	close_channels(node);
+	if (node->drv->close)
+		node->drv->close(node);
+	while (node->children) {
+		struct bd_child *c = node->children;
+		node->children = c->next;
+		c->node->parents--;
+		bd_node_unref(c->node);
+		free(c);
+	}
+	graph_unlink(node);
+	json_decref(node->opts);
+	pthread_mutex_destroy(&node->rmw_lock);
+	free(node);
+}
+
+void bd_node_unref(struct bd_node *node)
+{
+	if (atomic_fetch_sub(&node->refcnt, 1) == 1)
+		node_close(node);
+}
+
+/* ---- the graph ---- */
+
+struct bd_node *bd_graph_find(const char *node_name)
+{
+	for (struct bd_node *n = graph_head; n; n = n->next)
+		if (!strcmp(n->name, node_name))
+			return n;
+	return NULL;
+}
+
+struct bd_node *bd_graph_next(struct bd_node *prev)
+{
+	return prev ? prev->next : graph_head;
+}
+
+int bd_graph_del(const char *node_name, struct bd_err *err)
+{
+	struct bd_node *node = bd_graph_find(node_name);
+
+	if (!node || node->auto_named)
+		return bd_err_set(err, -ENOENT, "Failed to find node with node-name='%s'",
+				  node_name);
+	if (node->parents)
+		return bd_err_set(err, -EBUSY, "Node '%s' is busy: node is used as a child",
+				  node_name);
+	if (atomic_load(&node->refcnt) > 1)
+		return bd_err_set(err, -EBUSY,
+				  "Node '%s' is busy: block device is in use by an export",
+				  node_name);
+	bd_node_unref(node);
+	return 0;
+}
+
+void bd_graph_close_all(void)
+{
+	/* Close roots first (nodes no parent holds); their children follow by reference. */
+	bool progress = true;
+	while (graph_head && progress) {
+		progress = false;
+		for (struct bd_node *n = graph_head; n; n = n->next) {
+			if (n->parents || n->auto_named)
+				continue;
+			bd_node_unref(n);
+			progress = true;
+			break;
+		}
+	}
+}
+
+/* ---- opening ---- */
+
+static bool valid_node_name(const char *s)
+{
+	/* QEMU's id rules: a letter first, then letters, digits, '-', '.', '_'; at most 31 */
+	size_t len = strlen(s);
+	if (len == 0 || len > 31 || !isalpha((unsigned char)s[0]))
+		return false;
+	for (size_t i = 1; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (!isalnum(c) && c != '-' && c != '.' && c != '_')
+			return false;
+	}
+	return true;
+}
+
+static int read_common(json_t *opts, struct bd_node_common *c, struct bd_err *err)
+{
+	json_t *cache;
+	int r, idx;
+
+	if ((r = bd_opts_bool(opts, "read-only", &c->read_only, err)) < 0 && r != -ENOENT)
+		return r;
+	if ((r = bd_opts_bool(opts, "auto-read-only", &c->auto_read_only, err)) < 0 &&
+	    r != -ENOENT)
+		return r;
+	if ((r = bd_opts_bool(opts, "force-share", &c->force_share, err)) < 0 && r != -ENOENT)
+		return r;
+	r = bd_opts_enum(opts, "discard", discard_names, &idx, err);
+	if (r == 0)
+		c->discard = (idx == 1 || idx == 3) ? BD_DISCARD_UNMAP : BD_DISCARD_IGNORE;
+	else if (r != -ENOENT)
+		return r;
+	r = bd_opts_enum(opts, "detect-zeroes", dz_names, &idx, err);
+	if (r == 0)
+		c->detect_zeroes = (enum bd_detect_zeroes)idx;
+	else if (r != -ENOENT)
+		return r;
+	r = bd_opts_obj(opts, "cache", &cache, err);
+	if (r == 0) {
+		if ((r = bd_opts_bool(cache, "direct", &c->cache_direct, err)) < 0 && r != -ENOENT)
+			return bd_err_prefix(err, "cache");
+		if ((r = bd_opts_bool(cache, "no-flush", &c->cache_no_flush, err)) < 0 &&
+		    r != -ENOENT)
+			return bd_err_prefix(err, "cache");
+	} else if (r != -ENOENT) {
+		return r;
+	}
+	if (c->detect_zeroes == BD_DZ_UNMAP && c->discard != BD_DISCARD_UNMAP)
+		return bd_err_set(err, -EINVAL,
+				  "setting detect-zeroes to unmap is not allowed without setting "
+				  "discard operation to unmap");
+	if (c->force_share && !c->read_only)
+		return bd_err_set(err, -EINVAL, "force-share=on can only be used with read-only images");
+	return 0;
+}
+
+/* Copy the inheritable options of the parent into an inline child's options unless it sets
+ * them itself (QEMU's bdrv_inherited_options). */
+static void inherit(json_t *child, const struct bd_node_common *pc)
+{
+	json_t *cache = json_object_get(child, "cache");
+	if (!json_object_get(child, "read-only"))
+		json_object_set_new(child, "read-only", json_boolean(pc->read_only));
+	if (!json_object_get(child, "discard"))
+		json_object_set_new(child, "discard", json_string(pc->discard == BD_DISCARD_UNMAP
+									 ? "unmap"
+									 : "ignore"));
+	if (!json_object_get(child, "force-share") && pc->force_share)
+		json_object_set_new(child, "force-share", json_true());
+	if (!cache) {
+		cache = json_object();
+		json_object_set_new(child, "cache", cache);
+	}
+	if (json_is_object(cache)) {
+		if (!json_object_get(cache, "direct"))
+			json_object_set_new(cache, "direct", json_boolean(pc->cache_direct));
+		if (!json_object_get(cache, "no-flush"))
+			json_object_set_new(cache, "no-flush", json_boolean(pc->cache_no_flush));
+	}
+}
+
+static int check_limits(struct bd_node *node, struct bd_err *err)
+{
+	struct bd_limits *l = &node->limits;
+	if (!l->req_align)
+		l->req_align = 1;
+	if (!l->buf_align)
+		l->buf_align = 1;
+	if (l->req_align & (l->req_align - 1) || l->buf_align & (l->buf_align - 1))
+		return bd_err_set(err, -EINVAL, "driver '%s' declared a bad alignment",
+				  node->drv->name);
+	if (l->max_transfer && l->max_transfer < l->req_align)
+		l->max_transfer = l->req_align;
+	if (l->max_transfer && l->req_align > 1)
+		l->max_transfer &= ~(uint64_t)(l->req_align - 1);
+	if (node->common.read_only)
+		l->ops &= ~(BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_WRITE_ZEROES) |
+			    BD_OP_BIT(BD_OP_DISCARD));
+	return 0;
+}
+
+static struct bd_node *node_open(json_t *given, bool top, const struct bd_driver *forced,
+				 struct bd_err *err)
+{
+	json_t *opts = json_deep_copy(given);
+	const char *drv_name = NULL, *name = NULL;
+	const struct bd_driver *drv;
+	struct bd_node_common common = {0};
+	struct bd_node *node = NULL;
+	int r;
+
+	if (!opts || !json_is_object(opts)) {
+		bd_err_set(err, -EINVAL, "block device options must be an object");
+		goto fail;
+	}
+	r = bd_opts_str(opts, "driver", &drv_name, err);
+	if (r == -ENOENT && !forced) {
+		bd_err_set(err, -EINVAL, "Parameter 'driver' is missing");
+		goto fail;
+	}
+	if (r < 0 && r != -ENOENT)
+		goto fail;
+	drv = forced ? forced : bd_driver_find(drv_name);
+	if (!drv) {
+		bd_err_set(err, -EINVAL, "Unknown driver '%s'", drv_name);
+		goto fail;
+	}
+	r = bd_opts_str(opts, "node-name", &name, err);
+	if (r < 0 && r != -ENOENT)
+		goto fail;
+	if (r == 0) {
+		if (!valid_node_name(name)) {
+			bd_err_set(err, -EINVAL, "Invalid node-name: '%s'", name);
+			goto fail;
+		}
+		if (bd_graph_find(name)) {
+			bd_err_set(err, -EEXIST, "Duplicate nodes with node-name='%s'", name);
+			goto fail;
+		}
+	} else if (top) {
+		bd_err_set(err, -EINVAL, "A top-level node needs a node-name");
+		goto fail;
+	}
+	if (read_common(opts, &common, err) < 0)
+		goto fail;
+
+	node = calloc(1, sizeof(*node) + drv->node_size);
+	if (!node) {
+		bd_err_set(err, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	node->drv = drv;
+	node->priv = drv->node_size ? (void *)(node + 1) : NULL;
+	node->common = common;
+	atomic_init(&node->refcnt, 1);
+	pthread_mutex_init(&node->rmw_lock, NULL);
+	if (name) {
+		snprintf(node->name, sizeof(node->name), "%s", name);
+	} else {
+		node->auto_named = true;
+		snprintf(node->name, sizeof(node->name), "#block%03u", auto_name_counter++);
+	}
+
+	r = drv->open(node, opts, &node->limits, err);
+	if (r < 0) {
+		bd_err_prefix(err, "%s '%s'", drv->name, node->auto_named ? drv->name : node->name);
+		goto fail_node;
+	}
+	if (bd_opts_check_unused(opts, NULL, err) < 0 || check_limits(node, err) < 0) {
+		if (drv->close)
+			drv->close(node);
+		goto fail_node;
+	}
+	bd_opts_clear_marks(opts);
+	node->opts = opts;
+	/* the graph's list holds every node (auto-named ones too, for queries) */
+	if (graph_tail)
+		graph_tail->next = node;
+	else
+		graph_head = node;
+	graph_tail = node;
+	bd_log(BD_LOG_DEBUG, "opened node '%s' (%s), %" PRIu64 " bytes", node->name, drv->name,
+	       node->limits.size);
+	return node;
+
+fail_node:
+	while (node->children) {
+		struct bd_child *c = node->children;
+		node->children = c->next;
+		c->node->parents--;
+		bd_node_unref(c->node);
+		free(c);
+	}
+	pthread_mutex_destroy(&node->rmw_lock);
+	free(node);
+fail:
+	json_decref(opts);
+	return NULL;
+}
+
+struct bd_node *bd_node_open(json_t *opts, struct bd_err *err)
+{
+	return node_open(opts, true, NULL, err);
+}
+
+struct bd_node *bd_node_open_driver(const struct bd_driver *drv, json_t *opts,
+				    struct bd_err *err)
+{
+	return node_open(opts, true, drv, err);
+}
+
+struct bd_child *bd_node_open_child(struct bd_node *parent, json_t *opts, const char *key,
+				    bool required, struct bd_err *err)
+{
+	json_t *v = json_object_get(opts, key);
+	struct bd_node *cn;
+	struct bd_child *child;
+
+	if (!v) {
+		if (required)
+			bd_err_set(err, -ENOENT, "Parameter '%s' is missing", key);
+		return NULL;
+	}
+	bd_opts_mark_used(opts, key);
+	if (json_is_string(v)) {
+		cn = bd_graph_find(json_string_value(v));
+		if (!cn) {
+			bd_err_set(err, -ENOENT, "Cannot find device='' nor node-name='%s'",
+				   json_string_value(v));
+			return NULL;
+		}
+		if (cn->common.read_only && !parent->common.read_only) {
+			bd_err_set(err, -EPERM,
+				   "Node '%s' is read-only and cannot be the writable child '%s'",
+				   cn->name, key);
+			return NULL;
+		}
+		bd_node_ref(cn);
+	} else if (json_is_object(v)) {
+		json_t *copy = json_deep_copy(v);
+		inherit(copy, &parent->common);
+		cn = node_open(copy, false, NULL, err);
+		json_decref(copy);
+		if (!cn) {
+			bd_err_prefix(err, "%s", key);
+			return NULL;
+		}
+	} else {
+		bd_err_set(err, -EINVAL, "Invalid parameter type for '%s', expected: node or object",
+			   key);
+		return NULL;
+	}
+	child = calloc(1, sizeof(*child));
+	if (!child)
+		abort();
+	child->node = cn;
+	child->parent = parent;
+	snprintf(child->name, sizeof(child->name), "%s", key);
+	child->next = parent->children;
+	parent->children = child;
+	cn->parents++;
+	return child;
+}
+
+/* ---- resize and watches ---- */
+
+void bd_node_watch_add(struct bd_node *node, struct bd_node_watch *w)
+{
+	w->next = node->watches;
+	node->watches = w;
+}
+
+void bd_node_watch_del(struct bd_node *node, struct bd_node_watch *w)
+{
+	for (struct bd_node_watch **pp = &node->watches; *pp; pp = &(*pp)->next) {
+		if (*pp == w) {
+			*pp = w->next;
+			return;
+		}
+	}
+}
+
+int bd_node_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err)
+{
+	int r;
+
+	if (!node->drv->resize)
+		return bd_err_set(err, -ENOTSUP, "Node '%s' (%s) does not support resizing",
+				  node->name, node->drv->name);
+	if (node->common.read_only)
+		return bd_err_set(err, -EPERM, "Node '%s' is read-only", node->name);
+	bd_node_drain(node);
+	r = node->drv->resize(node, new_size, err);
+	if (r < 0)
+		return r;
+	node->limits.size = new_size;
+	for (struct bd_node_watch *w = node->watches; w; w = w->next)
+		w->resized(w, new_size);
+	return 0;
+}
+
+/* ---- synchronous requests for the control path ---- */
+
+struct sync_ctx {
+	struct bd_node *node;
+	enum bd_op op;
+	uint64_t offset, len;
+	void *buf;
+	uint32_t flags;
+	struct iovec iov;
+	struct bd_extent ext;
+	int ret;
+	bool done;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+};
+
+static void sync_done(struct bd_req *req, int ret)
+{
+	struct sync_ctx *c = req->opaque;
+	bd_req_put(req);
+	pthread_mutex_lock(&c->lock);
+	c->ret = ret;
+	c->done = true;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+}
+
+static void sync_start(void *arg)
+{
+	struct sync_ctx *c = arg;
+	struct bd_chan *ch = bd_node_chan(c->node, bd_loop_current());
+	struct bd_req *req = bd_req_get(ch);
+	int r;
+
+	req->op = c->op;
+	req->offset = c->offset;
+	req->len = c->len;
+	req->flags = c->flags;
+	if (c->op == BD_OP_READ || c->op == BD_OP_WRITE) {
+		c->iov.iov_base = c->buf;
+		c->iov.iov_len = c->len;
+		req->iov = &c->iov;
+		req->iovcnt = 1;
+	}
+	if (c->op == BD_OP_BLOCK_STATUS) {
+		req->extents = &c->ext;
+		req->max_extents = 1;
+	}
+	req->cb = sync_done;
+	req->opaque = c;
+	r = bd_submit(ch, req);
+	if (r < 0) {
+		bd_req_put(req);
+		pthread_mutex_lock(&c->lock);
+		c->ret = r;
+		c->done = true;
+		pthread_cond_signal(&c->cond);
+		pthread_mutex_unlock(&c->lock);
+	}
+}
+
+int bd_node_io_sync(struct bd_node *node, enum bd_op op, uint64_t offset, uint64_t len,
+		    void *buf, uint32_t flags)
+{
+	struct sync_ctx c = {.node = node, .op = op, .offset = offset, .len = len, .buf = buf,
+			     .flags = flags};
+	struct bd_loop *loop = bd_io_loop_count() ? bd_io_loop_get(0) : NULL;
+	int r;
+
+	if (!loop || loop == bd_loop_current())
+		return -EDEADLK;
+	pthread_mutex_init(&c.lock, NULL);
+	pthread_cond_init(&c.cond, NULL);
+	r = bd_loop_send(loop, sync_start, &c);
+	if (r == 0) {
+		pthread_mutex_lock(&c.lock);
+		while (!c.done)
+			pthread_cond_wait(&c.cond, &c.lock);
+		pthread_mutex_unlock(&c.lock);
+		r = c.ret;
+	}
+	pthread_cond_destroy(&c.cond);
+	pthread_mutex_destroy(&c.lock);
+	return r;
+}
+
+/* ---- description ---- */
+
+json_t *bd_node_describe(struct bd_node *node)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "node-name", json_string(node->name));
+	json_object_set_new(o, "drv", json_string(node->drv->name));
+	json_object_set_new(o, "ro", json_boolean(node->common.read_only));
+	json_object_set_new(o, "virtual-size", json_integer((json_int_t)node->limits.size));
+	json_object_set_new(o, "cache", json_pack("{s:b,s:b,s:b}", "writeback", 1, "direct",
+						  node->common.cache_direct, "no-flush",
+						  node->common.cache_no_flush));
+	json_object_set_new(o, "detect_zeroes",
+			    json_string(dz_names[node->common.detect_zeroes]));
+	json_object_set_new(o, "discard", json_string(node->common.discard == BD_DISCARD_UNMAP
+							      ? "unmap"
+							      : "ignore"));
+	json_t *children = json_array();
+	for (struct bd_child *c = node->children; c; c = c->next)
+		json_array_append_new(children, json_pack("{s:s,s:s}", "child", c->name,
+							  "node-name", c->node->name));
+	json_object_set_new(o, "children", children);
+	if (node->drv->describe)
+		node->drv->describe(node, o);
+	return o;
+}
