@@ -324,6 +324,13 @@ struct bd_driver {
 	int (*resize)(struct bd_node *node, uint64_t new_size, struct bd_err *err);
 	/* [control] Optional: extra key/values for query-named-block-nodes. */
 	void (*describe)(struct bd_node *node, json_t *out);
+	/* [control, may block for a bounded time] Optional: create an image (blockdev-create).
+	 * opts are QEMU's BlockdevCreateOptions for this driver without "driver"; a format
+	 * driver finds its file in opts["file"] (a node-name: open it with bd_graph_find). */
+	int (*create)(json_t *opts, struct bd_err *err);
+	/* [control] Optional: apply changed options to an open, drained node (blockdev-reopen);
+	 * without it only the core's own options (read-only, detect-zeroes, discard) change. */
+	int (*reopen)(struct bd_node *node, json_t *opts, struct bd_err *err);
 };
 
 /* [any] Driver lookup in the table the build generates; NULL if unknown. */
@@ -399,6 +406,12 @@ struct bd_node *bd_graph_next(struct bd_node *prev);
 /* [control] Wait until no request is in flight on node (and below).  Runs the main loop's
  * messages while waiting, but never nested I/O on the caller's behalf beyond that. */
 void bd_node_drain(struct bd_node *node);
+/* [control] blockdev-reopen: opts is the node's whole new option set (same driver and
+ * node-name).  Drains the node, lets the driver apply its options, then the core's.  A change
+ * of read-only needs the driver's reopen().  0 or -errno (the node is unchanged on error). */
+int bd_node_reopen(struct bd_node *node, json_t *opts, struct bd_err *err);
+/* [control] The options the node was opened with (borrowed; marks cleared). */
+json_t *bd_node_options(struct bd_node *node);
 /* [control] Resize a node (block_resize).  0 or -errno. */
 int bd_node_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err);
 /* [control] Notifiers for size changes (exports announce them). */
@@ -424,6 +437,16 @@ int bd_node_io_sync(struct bd_node *node, enum bd_op op, uint64_t offset, uint64
 		    void *buf, uint32_t flags);
 /* [control] A JSON description for query-named-block-nodes. */
 json_t *bd_node_describe(struct bd_node *node);
+
+/* ----------------------------------------------------------------------------------------------
+ * Events (QMP events such as BLOCK_EXPORT_DELETED, BLOCK_IO_ERROR, BLOCK_IMAGE_CORRUPTED).
+ * Anyone emits; the control socket installs the sink that timestamps and broadcasts them.
+ */
+/* [any] Emit event name with data (consumed; NULL = {}).  Without a sink it is logged at debug
+ * level and dropped.  From an I/O loop the event is handed to the main loop by message. */
+void bd_event_emit(const char *name, json_t *data);
+/* [control] Install the sink; it runs on the main loop. */
+void bd_event_set_sink(void (*sink)(const char *name, json_t *data));
 
 /* ----------------------------------------------------------------------------------------------
  * Objects (--object / object-add): iothread, throttle-group, secret.

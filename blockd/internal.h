@@ -49,6 +49,7 @@ struct bd_node {
 	const struct bd_driver *drv;
 	void *priv;
 	struct bd_limits limits;
+	uint32_t drv_ops; /* ops as the driver declared them, before read-only masking */
 	struct bd_node_common common;
 	atomic_int refcnt;
 	int parents; /* how many parents hold this node as a child */

@@ -430,6 +430,7 @@ static int check_limits(struct bd_node *node, struct bd_err *err)
 		l->max_transfer = l->req_align;
 	if (l->max_transfer && l->req_align > 1)
 		l->max_transfer &= ~(uint64_t)(l->req_align - 1);
+	node->drv_ops = l->ops;
 	if (node->common.read_only)
 		l->ops &= ~(BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_WRITE_ZEROES) |
 			    BD_OP_BIT(BD_OP_DISCARD));
@@ -597,6 +598,93 @@ struct bd_child *bd_node_open_child(struct bd_node *parent, json_t *opts, const 
 	parent->children = child;
 	cn->parents++;
 	return child;
+}
+
+/* ---- reopen ---- */
+
+json_t *bd_node_options(struct bd_node *node)
+{
+	return node->opts;
+}
+
+int bd_node_reopen(struct bd_node *node, json_t *given, struct bd_err *err)
+{
+	json_t *opts = json_deep_copy(given);
+	struct bd_node_common common = {0};
+	const char *s;
+	int r;
+
+	if (!opts || !json_is_object(opts)) {
+		json_decref(opts);
+		return bd_err_set(err, -EINVAL, "options must be an object");
+	}
+	if (bd_opts_str(opts, "driver", &s, err) == 0 && strcmp(s, node->drv->name)) {
+		r = bd_err_set(err, -EINVAL, "Cannot change the option 'driver'");
+		goto out;
+	}
+	if (bd_opts_str(opts, "node-name", &s, err) == 0 && strcmp(s, node->name)) {
+		r = bd_err_set(err, -EINVAL, "Cannot change the option 'node-name'");
+		goto out;
+	}
+	if ((r = read_common(opts, &common, err)) < 0)
+		goto out;
+	/* children cannot be swapped here: each must name the same node or be unchanged */
+	for (struct bd_child *c = node->children; c; c = c->next) {
+		json_t *v = json_object_get(opts, c->name);
+		bd_opts_mark_used(opts, c->name);
+		if (v && json_is_string(v) && strcmp(json_string_value(v), c->node->name)) {
+			r = bd_err_set(err, -ENOTSUP, "Cannot change the child '%s'", c->name);
+			goto out;
+		}
+	}
+	if (common.read_only != node->common.read_only && !node->drv->reopen) {
+		r = bd_err_set(err, -ENOTSUP, "driver '%s' cannot change read-only while open",
+			       node->drv->name);
+		goto out;
+	}
+	if (!common.read_only) {
+		for (struct bd_child *c = node->children; c; c = c->next) {
+			if (c->node->common.read_only) {
+				r = bd_err_set(err, -EPERM, "child '%s' (node '%s') is read-only",
+					       c->name, c->node->name);
+				goto out;
+			}
+		}
+	}
+	bd_node_drain(node);
+	if (node->drv->reopen) {
+		struct bd_node_common saved = node->common;
+		node->common = common; /* the driver sees the new common options */
+		r = node->drv->reopen(node, opts, err);
+		if (r < 0) {
+			node->common = saved;
+			goto out;
+		}
+	} else {
+		/* a driver without reopen() keeps its own options: mark them as read */
+		const char *key;
+		json_t *val;
+		json_object_foreach(opts, key, val)
+		{
+			(void)val;
+			if (key[0] != '\001')
+				bd_opts_mark_used(opts, key);
+		}
+		node->common = common;
+	}
+	if ((r = bd_opts_check_unused(opts, NULL, err)) < 0)
+		goto out;
+	node->limits.ops = node->drv_ops;
+	if (node->common.read_only)
+		node->limits.ops &= ~(BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_WRITE_ZEROES) |
+				      BD_OP_BIT(BD_OP_DISCARD));
+	bd_opts_clear_marks(opts);
+	json_decref(node->opts);
+	node->opts = opts;
+	return 0;
+out:
+	json_decref(opts);
+	return r;
 }
 
 /* ---- resize and watches ---- */
