@@ -271,12 +271,16 @@ enum bd_driver_kind { BD_DRV_PROTOCOL, BD_DRV_FORMAT, BD_DRV_FILTER };
 struct bd_limits {
 	uint64_t size;         /* bytes */
 	uint32_t ops;          /* BD_OP_BIT() set of ops the driver does itself */
-	uint32_t req_align;    /* offset/length alignment in bytes, power of two, >= 1 */
+	uint32_t req_align;    /* offset/length alignment in bytes, power of two, >= 1.  A request
+				* ending at an unaligned end of the image reaches the driver as is
+				* (only its tail is short): drivers with req_align > 1 cope */
 	uint32_t buf_align;    /* buffer address/length alignment, power of two, >= 1 */
 	uint64_t max_transfer; /* read/write bytes per request, 0 = unlimited */
 	uint64_t max_discard;  /* discard/write-zeroes bytes per request, 0 = unlimited */
 	uint64_t opt_transfer; /* preferred size, advisory (NBD BLOCK_SIZE preferred) */
 	bool native_fua;       /* honours BD_REQ_FUA on write and write-zeroes */
+	bool read_only;        /* open() fell back to read-only (auto-read-only): the core marks
+				* the node read-only */
 	bool zeroes_unmap;     /* write-zeroes with MAY_UNMAP can deallocate */
 	bool can_resize;
 };
@@ -331,6 +335,10 @@ struct bd_driver {
 	/* [control] Optional: apply changed options to an open, drained node (blockdev-reopen);
 	 * without it only the core's own options (read-only, detect-zeroes, discard) change. */
 	int (*reopen)(struct bd_node *node, json_t *opts, struct bd_err *err);
+	/* [control] Optional: a drain begins / ends.  A driver that holds requests back (throttle)
+	 * releases them at once between the two, so that a drain never waits for a bucket. */
+	void (*drain_begin)(struct bd_node *node);
+	void (*drain_end)(struct bd_node *node);
 };
 
 /* [any] Driver lookup in the table the build generates; NULL if unknown. */

@@ -8,6 +8,7 @@
  */
 #include "blockd/internal.h"
 #include "export/nbd/nbd.h"
+#include "qmp-like/qmp.h"
 
 #include <fcntl.h>
 #include <getopt.h>
@@ -23,6 +24,7 @@
 enum {
 	OPT_BLOCKDEV = 256,
 	OPT_CHARDEV,
+	OPT_CONTROL,
 	OPT_DAEMONIZE,
 	OPT_EXPORT,
 	OPT_MONITOR,
@@ -38,6 +40,7 @@ static const struct option long_options[] = {
 	{"trace", required_argument, NULL, 'T'},
 	{"blockdev", required_argument, NULL, OPT_BLOCKDEV},
 	{"chardev", required_argument, NULL, OPT_CHARDEV},
+	{"control", required_argument, NULL, OPT_CONTROL},
 	{"daemonize", no_argument, NULL, OPT_DAEMONIZE},
 	{"export", required_argument, NULL, OPT_EXPORT},
 	{"monitor", required_argument, NULL, OPT_MONITOR},
@@ -66,7 +69,8 @@ static const char usage_text[] =
 	"  --export [type=]nbd,id=ID,node-name=NODE[,name=NAME][,description=TEXT]\n"
 	"           [,writable=on|off][,iothread=ID][,allocation-depth=on|off]\n"
 	"  --chardev socket,id=ID,path=PATH,server=on,wait=off\n"
-	"  --monitor [chardev=]ID     (accepted; the control socket is not in this version)\n"
+	"  --monitor [chardev=]ID[,pretty=on|off]  the QMP control socket on that chardev\n"
+	"  --control PATH             the QMP control socket on unix socket PATH (mode 0600)\n"
 	"  --pidfile PATH             write the pid once everything is ready\n"
 	"  --daemonize                detach once everything is ready\n"
 	"  --log-level error|warning|info|debug\n"
@@ -182,20 +186,11 @@ static void daemonize_finish(bool ok)
 	daemon_pipe = -1;
 }
 
-static int do_chardev(json_t *o, struct bd_err *err)
-{
-	const char *backend = NULL, *id = NULL;
-	if (bd_opts_str(o, "backend", &backend, err) < 0 || strcmp(backend, "socket"))
-		return bd_err_set(err, -EINVAL, "only socket chardevs are supported");
-	if (bd_opts_str(o, "id", &id, err) < 0)
-		return bd_err_set(err, -EINVAL, "Parameter 'id' is missing");
-	/* The control socket lands with the QMP work; the options are accepted now so that
-	 * qemu-storage-daemon command lines start unchanged. */
-	return 0;
-}
-
 static void shutdown_all(void)
 {
+	uint64_t t0 = bd_now_ns();
+
+	bd_qmp_shutdown();
 	bd_exports_shutdown();
 	bd_nbd_server_stop();
 	for (struct bd_node *n = bd_graph_next(NULL); n; n = bd_graph_next(n)) {
@@ -206,7 +201,11 @@ static void shutdown_all(void)
 			bd_log(BD_LOG_WARN, "flush of node '%s' failed: %s", bd_node_name(n),
 			       strerror(-r));
 	}
+	bd_log(BD_LOG_DEBUG, "shutdown: nodes flushed after %llu ms",
+	       (unsigned long long)((bd_now_ns() - t0) / 1000000));
 	bd_graph_close_all();
+	bd_log(BD_LOG_DEBUG, "shutdown: nodes closed after %llu ms",
+	       (unsigned long long)((bd_now_ns() - t0) / 1000000));
 	bd_iothreads_destroy_all();
 	if (pidfile_written)
 		unlink(pidfile_path);
@@ -248,14 +247,16 @@ static int run_option(int opt, const char *arg, struct bd_err *err)
 		o = bd_opts_parse(arg, "backend", err);
 		if (!o)
 			return err->code;
-		r = do_chardev(o, err);
+		r = bd_qmp_chardev_add(o, err);
 		break;
 	case OPT_MONITOR:
 		o = bd_opts_parse(arg, "chardev", err);
 		if (!o)
 			return err->code;
-		bd_log(BD_LOG_WARN, "--monitor: the control socket is not available in this "
-				    "version; ignored");
+		r = bd_qmp_monitor_add(o, err);
+		break;
+	case OPT_CONTROL:
+		r = bd_qmp_listen(arg, false, err);
 		break;
 	default:
 		break;
@@ -281,7 +282,8 @@ int main(int argc, char **argv)
 	if (!actions)
 		return 1;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, "+hVT:", long_options, NULL)) != -1) {
+	int longindex = -1;
+	while ((c = getopt_long(argc, argv, "+hVT:", long_options, &longindex)) != -1) {
 		switch (c) {
 		case 'h':
 			fputs(usage_text, stdout);
@@ -313,7 +315,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		case '?':
-			if (optopt)
+			if (optopt > 0 && optopt < 128)
 				fprintf(stderr, "blockd: option '-%c' is not recognised or lacks its "
 						"argument; see --help\n",
 					optopt);
@@ -326,7 +328,8 @@ int main(int argc, char **argv)
 		default:
 			actions[nactions].opt = c;
 			actions[nactions].arg = optarg;
-			actions[nactions].name = argv[optind - 1];
+			/* the option's name as in the table: "--blockdev" */
+			actions[nactions].name = longindex >= 0 ? long_options[longindex].name : "?";
 			nactions++;
 			break;
 		}
@@ -367,11 +370,8 @@ int main(int argc, char **argv)
 		r = run_option(actions[i].opt, actions[i].arg, &err);
 		if (r < 0) {
 			/* the option as the user spelt it, then the reason */
-			const char *name = actions[i].name;
-			if (!strncmp(name, "--", 2) && strchr(name, '='))
-				fprintf(stderr, "blockd: %s: %s\n", name, err.msg);
-			else
-				fprintf(stderr, "blockd: %s %s: %s\n", name, actions[i].arg, err.msg);
+			fprintf(stderr, "blockd: --%s %s: %s\n", actions[i].name,
+				actions[i].arg ? actions[i].arg : "", err.msg);
 			shutdown_all();
 			daemonize_finish(false);
 			free(actions);

@@ -199,19 +199,34 @@ static uint64_t node_inflight(struct bd_node *node)
 	return n;
 }
 
+static void drain_hooks(struct bd_node *node, bool begin)
+{
+	if (begin && node->drv->drain_begin)
+		node->drv->drain_begin(node);
+	for (struct bd_child *c = node->children; c; c = c->next)
+		drain_hooks(c->node, begin);
+	if (!begin && node->drv->drain_end)
+		node->drv->drain_end(node);
+}
+
+static bool drained(struct bd_node *node)
+{
+	if (node_inflight(node))
+		return false;
+	for (struct bd_child *c = node->children; c; c = c->next)
+		if (!drained(c->node))
+			return false;
+	return true;
+}
+
 void bd_node_drain(struct bd_node *node)
 {
-	for (;;) {
-		uint64_t n = node_inflight(node);
-		for (struct bd_child *c = node->children; c; c = c->next)
-			bd_node_drain(c->node);
-		if (n == 0 && node_inflight(node) == 0)
-			return;
-		if (bd_loop_current() && bd_loop_current() == bd_loop_main())
-			usleep(200);
-		else
-			usleep(200);
-	}
+	drain_hooks(node, true);
+	/* Poll: the loops finish what is in flight on their own; the control thread only
+	 * looks.  Requests complete in microseconds to seconds, so a short sleep is fine. */
+	while (!drained(node))
+		usleep(200);
+	drain_hooks(node, false);
 }
 
 void bd_node_stats(struct bd_node *node, struct bd_node_stats *out)
@@ -430,6 +445,8 @@ static int check_limits(struct bd_node *node, struct bd_err *err)
 		l->max_transfer = l->req_align;
 	if (l->max_transfer && l->req_align > 1)
 		l->max_transfer &= ~(uint64_t)(l->req_align - 1);
+	if (l->read_only)
+		node->common.read_only = true;
 	node->drv_ops = l->ops;
 	if (node->common.read_only)
 		l->ops &= ~(BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_WRITE_ZEROES) |

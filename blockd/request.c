@@ -583,7 +583,10 @@ static int process(struct bd_chan *ch, struct bd_req *req)
 		if (start != req->offset || end != req->offset + req->len ||
 		    (lim->max_discard && req->len > lim->max_discard))
 			return chunk_start(req, start, end, CHUNK_SPLIT, true);
-		return drv_submit(ch, req);
+		int r = drv_submit(ch, req);
+		if (r == -ENOTSUP || r == -EOPNOTSUPP)
+			goto done_now; /* discard is advisory */
+		return r;
 	}
 
 	case BD_OP_WRITE_ZEROES:
@@ -604,7 +607,17 @@ static int process(struct bd_chan *ch, struct bd_req *req)
 			req->fua_op = req->op;
 			req->core_state = CS_FUA_WRITE;
 		}
-		return drv_submit(ch, req);
+		{
+			int r = drv_submit(ch, req);
+			if ((r == -ENOTSUP || r == -EOPNOTSUPP) &&
+			    !(req->flags & BD_REQ_NO_FALLBACK)) {
+				/* the driver cannot for this range: write zeroes */
+				req->core_state = CS_NONE;
+				return chunk_start(req, req->offset, req->offset + req->len,
+						   CHUNK_ZERO_WRITE, true);
+			}
+			return r;
+		}
 
 	case BD_OP_WRITE:
 		if (req->len && c->detect_zeroes != BD_DZ_OFF && !req->parent &&
@@ -672,6 +685,8 @@ void bd_req_complete(struct bd_req *req, int ret)
 	default:
 		break;
 	}
+	if (req->op == BD_OP_DISCARD && (ret == -ENOTSUP || ret == -EOPNOTSUPP))
+		ret = 0; /* discard is advisory */
 	finish(req, ret);
 }
 
