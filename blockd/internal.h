@@ -80,6 +80,9 @@ void bd_chan_free_all(struct bd_chan *ch);
 
 /* node.c */
 void bd_graph_close_all(void);
+/* Shutdown: tell every driver that holds requests back (throttle) to let them go, for good,
+ * so that exports waiting for their in-flight requests finish at once. */
+void bd_graph_release_held(void);
 
 /* export.c */
 void bd_exports_shutdown(void);

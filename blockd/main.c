@@ -190,6 +190,7 @@ static void shutdown_all(void)
 {
 	uint64_t t0 = bd_now_ns();
 
+	bd_graph_release_held();
 	bd_qmp_shutdown();
 	bd_exports_shutdown();
 	bd_nbd_server_stop();

@@ -219,6 +219,13 @@ static bool drained(struct bd_node *node)
 	return true;
 }
 
+void bd_graph_release_held(void)
+{
+	for (struct bd_node *n = graph_head; n; n = n->next)
+		if (!n->parents)
+			drain_hooks(n, true);
+}
+
 void bd_node_drain(struct bd_node *node)
 {
 	drain_hooks(node, true);

@@ -68,6 +68,7 @@ struct thr_group {
 	struct thr_member *members;
 	struct thr_member *token[THR__DIRS]; /* round-robin position */
 	struct thr_member *armed[THR__DIRS]; /* whose timer is armed, or NULL */
+	unsigned disabled; /* drains in progress: the limits do not apply */
 };
 
 /* A timer to arm once the group lock is dropped. */
@@ -154,6 +155,8 @@ static struct thr_member *next_token(struct thr_group *g, struct thr_member *m, 
 static bool schedule_timer(struct thr_group *g, struct thr_member *token, enum thr_dir dir,
 			   uint64_t now, struct thr_kick *kick)
 {
+	if (g->disabled)
+		return false; /* draining: everything goes */
 	if (g->armed[dir])
 		return true;
 	uint64_t wait = thr_wait_ns(&g->ts, dir, now);
@@ -529,6 +532,31 @@ int bd_throttle_group_set_limits(const char *group_id, json_t *limits, struct bd
 	for (int d = 0; d < THR__DIRS; d++)
 		do_kick(&kick[d]);
 	return 0;
+}
+
+void thr_group_drain(struct thr_group *g, bool begin)
+{
+	struct thr_kick kick[THR__DIRS] = {{0}};
+	uint64_t now = bd_now_ns();
+
+	pthread_mutex_lock(&g->lock);
+	if (begin) {
+		g->disabled++;
+		/* fire the armed turn now: release_unlock() then sends every queued request,
+		 * and passes the turn on round-robin to the other members at once */
+		for (int d = 0; d < THR__DIRS; d++) {
+			struct thr_member *m = g->armed[d];
+			if (m) {
+				m->deadline[d] = now;
+				kick[d] = (struct thr_kick){m, d, now};
+			}
+		}
+	} else if (g->disabled) {
+		g->disabled--;
+	}
+	pthread_mutex_unlock(&g->lock);
+	for (int d = 0; d < THR__DIRS; d++)
+		do_kick(&kick[d]);
 }
 
 json_t *bd_throttle_group_get_limits(const char *group_id, struct bd_err *err)

@@ -39,4 +39,8 @@ void thr_member_close(struct thr_member *m, thr_release_fn *fail);
  * through the release callback on this loop, in order within its direction. */
 bool thr_member_submit(struct thr_member *m, struct bd_req *req, enum thr_dir dir);
 
+/* [control] A drain of a member node begins (limits off, queued requests released at once) or
+ * ends (limits on again).  Nests. */
+void thr_group_drain(struct thr_group *g, bool begin);
+
 #endif /* BLOCKD_THROTTLE_INT_H */

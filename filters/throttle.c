@@ -180,6 +180,18 @@ static const struct bd_opt_desc thr_options[] = {
     {0},
 };
 
+static void thr_drain_begin(struct bd_node *node)
+{
+	struct thr_node *tn = bd_node_priv(node);
+	thr_group_drain(tn->g, true);
+}
+
+static void thr_drain_end(struct bd_node *node)
+{
+	struct thr_node *tn = bd_node_priv(node);
+	thr_group_drain(tn->g, false);
+}
+
 const struct bd_driver bd_drv_throttle = {
     .name = "throttle",
     .kind = BD_DRV_FILTER,
@@ -193,6 +205,8 @@ const struct bd_driver bd_drv_throttle = {
     .chan_open = thr_chan_open,
     .chan_close = thr_chan_close,
     .submit = thr_submit,
+    .drain_begin = thr_drain_begin,
+    .drain_end = thr_drain_end,
     .resize = thr_resize,
     .describe = thr_describe,
 };
