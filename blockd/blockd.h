@@ -270,7 +270,9 @@ enum bd_driver_kind { BD_DRV_PROTOCOL, BD_DRV_FORMAT, BD_DRV_FILTER };
 /* Limits a node declares once in open(). */
 struct bd_limits {
 	uint64_t size;         /* bytes */
-	uint32_t ops;          /* BD_OP_BIT() set of ops the driver does itself */
+	uint32_t ops;          /* BD_OP_BIT() set of ops the driver does itself (not what the core
+				* emulates: bd_node_can() says what callers may submit).  Exports
+				* may read it, e.g. "answers block status for real". */
 	uint32_t req_align;    /* offset/length alignment in bytes, power of two, >= 1.  A request
 				* ending at an unaligned end of the image reaches the driver as is
 				* (only its tail is short): drivers with req_align > 1 cope */
