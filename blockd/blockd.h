@@ -79,6 +79,10 @@ void bd_loop_destroy(struct bd_loop *loop);
 struct bd_loop *bd_loop_main_init(struct bd_err *err);
 /* [control] Run the main loop until bd_loop_quit(main loop). */
 void bd_loop_run(struct bd_loop *loop);
+/* [control] Run one iteration of the calling thread's loop (waits for at least one event): for
+ * the control thread collecting its own cancelled operations at shutdown.  Never call it from a
+ * completion callback. */
+void bd_loop_poll_once(void);
 /* [any] Make bd_loop_run() return after the current iteration. */
 void bd_loop_quit(struct bd_loop *loop);
 

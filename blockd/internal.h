@@ -20,8 +20,6 @@ void bd_io_loop_unregister(struct bd_loop *loop);
 /* Stop and join every loop but main (shutdown). */
 void bd_loops_destroy_all(void);
 
-/* loop.c: one iteration of the calling thread's loop (control thread waits). */
-void bd_loop_poll_once(void);
 
 /* object.c */
 void bd_iothreads_destroy_all(void);
