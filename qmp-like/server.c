@@ -57,10 +57,7 @@ struct client {
 	struct bd_io rx_io, tx_io;
 	struct msghdr msg;
 	struct iovec iov;
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * QMP_MAX_FDS_IN)];
-		struct cmsghdr align;
-	} cmsg;
+	_Alignas(struct cmsghdr) char cmsg_buf[CMSG_SPACE(sizeof(int) * QMP_MAX_FDS_IN)];
 	char rx[QMP_RX_BUF];
 	struct outbuf *out_head, *out_tail;
 	size_t out_bytes;
@@ -276,8 +273,8 @@ static void client_arm_rx(struct client *cl)
 	cl->iov.iov_len = sizeof(cl->rx);
 	cl->msg.msg_iov = &cl->iov;
 	cl->msg.msg_iovlen = 1;
-	cl->msg.msg_control = cl->cmsg.buf;
-	cl->msg.msg_controllen = sizeof(cl->cmsg.buf);
+	cl->msg.msg_control = cl->cmsg_buf;
+	cl->msg.msg_controllen = sizeof(cl->cmsg_buf);
 	struct io_uring_sqe *sqe = bd_loop_sqe(bd_loop_main());
 	io_uring_prep_recvmsg(sqe, cl->fd, &cl->msg, MSG_CMSG_CLOEXEC);
 	bd_io_attach(sqe, &cl->rx_io);

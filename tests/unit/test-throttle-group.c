@@ -139,10 +139,19 @@ static void client_start(struct client *c)
 	bd_loop_call(c->loop, start_on_loop, c);
 }
 
+static void barrier_on_loop(void *arg)
+{
+	(void)arg;
+}
+
 static void client_stop(struct client *c)
 {
 	atomic_store(&c->stop, true);
 	bd_loop_call(c->loop, close_on_loop, c);
+	/* A resubmit deferred before the close may still be queued on the loop (it sees stop
+	 * and does nothing): one more message runs after that iteration's deferred work, so the
+	 * client (on the caller's stack) is no longer referenced once this returns. */
+	bd_loop_call(c->loop, barrier_on_loop, NULL);
 }
 
 static void sleep_ms(unsigned ms)
