@@ -66,6 +66,7 @@ static const char usage_text[] =
 	"  --object throttle-group,id=ID,limits.iops-total=N,...\n"
 	"  --nbd-server addr.type=inet,addr.host=HOST,addr.port=PORT[,max-connections=N]\n"
 	"  --nbd-server addr.type=unix,addr.path=PATH | addr.type=fd,addr.str=FD\n"
+	"                             (repeatable: each adds a listener)\n"
 	"  --export [type=]nbd,id=ID,node-name=NODE[,name=NAME][,description=TEXT]\n"
 	"           [,writable=on|off][,iothread=ID][,allocation-depth=on|off]\n"
 	"  --chardev socket,id=ID,path=PATH,server=on,wait=off\n"
@@ -236,7 +237,7 @@ static int run_option(int opt, const char *arg, struct bd_err *err)
 		o = bd_opts_parse(arg, NULL, err);
 		if (!o)
 			return err->code;
-		r = bd_nbd_server_start(o, err);
+		r = bd_nbd_server_add_listener(o, err); /* repeatable: one listener each */
 		break;
 	case OPT_EXPORT:
 		o = bd_opts_parse(arg, "type", err);

@@ -90,54 +90,23 @@ tcp=(--nbd-server "addr.type=inet,addr.host=127.0.0.1,addr.port=$port")
 unix=(--nbd-server "addr.type=unix,addr.path=$sock")
 export_opt=(--export type=nbd,id=default,node-name=default,name=default,writable=on)
 
-# Can this blockd serve two listeners (TCP and unix)?  qemu-storage-daemon allows one
-# --nbd-server; ask blockd quietly rather than fail in front of the user.
-two_listeners()
-{
-	local d p r=1
-	d=$(mktemp -d /tmp/blockd-probe.XXXXXX)
-	timeout 10 "$blockd" --nbd-server "addr.type=unix,addr.path=$d/a" \
-		--nbd-server "addr.type=unix,addr.path=$d/b" --pidfile "$d/pid" >/dev/null 2>&1 &
-	p=$!
-	for _ in $(seq 100); do
-		if [ -s "$d/pid" ]; then
-			r=0
-			break
-		fi
-		kill -0 "$p" 2>/dev/null || break
-		sleep 0.05
-	done
-	kill -TERM "$p" 2>/dev/null || true
-	wait "$p" 2>/dev/null || true
-	rm -rf "$d"
-	return $r
+# --nbd-server twice: one listener on TCP, one on the unix socket, the same export on both.
+start "${common[@]}" "${tcp[@]}" "${unix[@]}" "${export_opt[@]}" "$@" || {
+	echo "run-default: blockd failed to start" >&2
+	exit 1
 }
 
-unix_ok=1
-if two_listeners; then
-	start "${common[@]}" "${tcp[@]}" "${unix[@]}" "${export_opt[@]}" "$@" || {
-		echo "run-default: blockd failed to start" >&2
-		exit 1
-	}
-else
-	unix_ok=0
-	start "${common[@]}" "${tcp[@]}" "${export_opt[@]}" "$@" || {
-		echo "run-default: blockd failed to start" >&2
-		exit 1
-	}
-	echo "run-default: this blockd serves one NBD listener: TCP only (no $sock)" >&2
-fi
 
 portarg=""
 [ "$port" = 10809 ] || portarg=":$port"
 echo
 echo "blockd is running (pid $pid): $img is the NBD export \"default\" on"
 echo "  nbd://127.0.0.1:$port/default"
-[ $unix_ok = 0 ] || echo "  nbd+unix:///default?socket=$sock"
+echo "  nbd+unix:///default?socket=$sock"
 echo "Connect with, for example:"
 echo "  nbdinfo nbd://127.0.0.1$portarg/default"
 echo "  qemu-img info nbd://127.0.0.1:$port/default"
-[ $unix_ok = 0 ] || echo "  nbdinfo 'nbd+unix:///default?socket=$sock'"
+echo "  nbdinfo 'nbd+unix:///default?socket=$sock'"
 echo "  fio --name=randread --ioengine=nbd --uri=nbd://127.0.0.1:$port/default --rw=randread --bs=4k --iodepth=32 --runtime=10 --time_based"
 echo "Press Ctrl-C to stop it."
 echo

@@ -19,6 +19,11 @@
  * consumed.  0, or -errno with err set (-EEXIST if a server is already running). */
 int bd_nbd_server_start(json_t *opts, struct bd_err *err);
 
+/* [control] The same, but a running server gets one more listener (the daemon's --nbd-server
+ * may be given several times, e.g. TCP and a unix socket; a blockd extension).  The exports are
+ * shared by every listener. */
+int bd_nbd_server_add_listener(json_t *opts, struct bd_err *err);
+
 /* [control] Stop the server: close the listener, drop every client at once and delete every NBD
  * export (like QMP nbd-server-stop).  A no-op if no server runs. */
 void bd_nbd_server_stop(void);

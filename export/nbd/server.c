@@ -37,7 +37,7 @@ struct nbd_listener {
 };
 
 static struct {
-	struct nbd_listener *lst;     /* the running listener, or NULL */
+	struct nbd_listener *lst;     /* the running listeners (linked by next), or NULL */
 	struct nbd_listener *zombies; /* stopped listeners waiting for their accept to complete */
 	uint64_t max_conns;
 	unsigned handshake_seconds;
@@ -613,17 +613,18 @@ static int open_fd(struct nbd_listener *l, json_t *addr, struct bd_err *err)
 	return 0;
 }
 
-int bd_nbd_server_start(json_t *opts, struct bd_err *err)
+/* Open one more listener with opts (the --nbd-server / nbd-server-start options).  The server
+ * settings (max-connections, handshake-max-seconds) take the values given, else keep theirs. */
+static int server_listen(json_t *opts, struct bd_err *err)
 {
 	static const char *const types[] = {"inet", "unix", "fd", "vsock", NULL};
 	struct nbd_listener *l;
 	json_t *addr, *data;
-	uint64_t maxc = 0, hsec = NBD_HANDSHAKE_SECONDS;
+	uint64_t maxc = srv.lst ? srv.max_conns : 0;
+	uint64_t hsec = srv.lst ? srv.handshake_seconds : NBD_HANDSHAKE_SECONDS;
 	const char *s;
 	int r, type;
 
-	if (srv.lst)
-		return bd_err_set(err, -EEXIST, "NBD server already running");
 	if (bd_opts_str(opts, "tls-creds", &s, NULL) == 0)
 		return bd_err_set(err, -ENOTSUP,
 				  "NBD server: TLS (tls-creds) is not supported yet");
@@ -680,12 +681,35 @@ int bd_nbd_server_start(json_t *opts, struct bd_err *err)
 		free(l);
 		return r;
 	}
+	l->next = srv.lst;
 	srv.lst = l;
 	srv.max_conns = maxc;
 	srv.handshake_seconds = hsec > 3600 ? 3600 : (unsigned)hsec;
 	accept_arm(l);
 	bd_log(BD_LOG_DEBUG, "nbd: server listening");
 	return 0;
+}
+
+int bd_nbd_server_start(json_t *opts, struct bd_err *err)
+{
+	if (srv.lst)
+		return bd_err_set(err, -EEXIST, "NBD server already running");
+	return server_listen(opts, err);
+}
+
+int bd_nbd_server_add_listener(json_t *opts, struct bd_err *err)
+{
+	return server_listen(opts, err);
+}
+
+static void stop_listeners(void)
+{
+	while (srv.lst) {
+		struct nbd_listener *l = srv.lst;
+		srv.lst = l->next;
+		l->next = NULL;
+		listener_stop(l);
+	}
 }
 
 bool bd_nbd_server_running(void)
@@ -721,10 +745,7 @@ void nbd_server_kill_conns(struct nbd_export *exp, bool hard)
 
 void bd_nbd_server_stop(void)
 {
-	if (srv.lst) {
-		listener_stop(srv.lst);
-		srv.lst = NULL;
-	}
+	stop_listeners();
 	close_handshakes();
 	nbd_export_del_all(); /* drops every client */
 }
@@ -759,10 +780,7 @@ static void wait_conns(unsigned seconds)
 
 void nbd_server_shutdown(void)
 {
-	if (srv.lst) {
-		listener_stop(srv.lst);
-		srv.lst = NULL;
-	}
+	stop_listeners();
 	close_handshakes();
 	/* Let in-flight requests finish (their replies go out), flush, close. */
 	nbd_server_kill_conns(NULL, false);

@@ -1,7 +1,7 @@
 #!/bin/bash
 # nbd-options.sh - NBD server and export options: bad keys and values refused with a clear
 # error (unknown keys, tls-creds, bitmaps, unknown node / iothread, duplicate ids and names,
-# writable on a read-only node, a second server), max-connections, handshake-max-seconds, and a
+# writable on a read-only node), max-connections, handshake-max-seconds, and a
 # listening socket passed as addr.type=fd.
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
@@ -36,7 +36,6 @@ refused "already has export named 'r'" "${base[@]}" "${srv[@]}" --export type=nb
 	--export type=nbd,id=e2,node-name=r
 refused "read-only" --blockdev driver=file,node-name=f,filename="$img",read-only=on "${srv[@]}" \
 	--export type=nbd,id=e,node-name=f,writable=on
-refused "already running" "${base[@]}" "${srv[@]}" --nbd-server addr.type=unix,addr.path="$T/s2"
 refused "addr.host" "${base[@]}" --nbd-server addr.type=inet,addr.port=1
 
 # max-connections=2: a third client is turned away until one leaves
