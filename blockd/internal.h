@@ -22,6 +22,8 @@ void bd_loops_destroy_all(void);
 
 
 /* object.c */
+/* QEMU's rule for ids and node names: a letter, then letters, digits, '-', '.', '_'. */
+bool bd_id_valid(const char *s, size_t max_len);
 void bd_iothreads_destroy_all(void);
 const char *bd_iothread_id_of(const struct bd_loop *loop);
 struct bd_loop *bd_default_io_loop(void);

@@ -182,18 +182,24 @@ static void read_chan_on_loop(void *arg)
 	c->stats = c->ch->stats;
 }
 
+/* Read one channel's counters on its own loop. */
+static void read_chan(struct bd_chan *ch, struct inflight_ctx *c)
+{
+	c->ch = ch;
+	if (ch->loop == bd_loop_current())
+		read_chan_on_loop(c);
+	else
+		bd_loop_call(ch->loop, read_chan_on_loop, c);
+}
+
 static uint64_t node_inflight(struct bd_node *node)
 {
 	uint64_t n = 0;
 	for (unsigned i = 0; i < BD_MAX_LOOPS; i++) {
-		struct bd_chan *ch = node->chans[i];
-		if (!ch)
+		struct inflight_ctx c;
+		if (!node->chans[i])
 			continue;
-		struct inflight_ctx c = {.ch = ch};
-		if (ch->loop == bd_loop_current())
-			read_chan_on_loop(&c);
-		else
-			bd_loop_call(ch->loop, read_chan_on_loop, &c);
+		read_chan(node->chans[i], &c);
 		n += c.n;
 	}
 	return n;
@@ -240,14 +246,10 @@ void bd_node_stats(struct bd_node *node, struct bd_node_stats *out)
 {
 	memset(out, 0, sizeof(*out));
 	for (unsigned i = 0; i < BD_MAX_LOOPS; i++) {
-		struct bd_chan *ch = node->chans[i];
-		if (!ch)
+		struct inflight_ctx c;
+		if (!node->chans[i])
 			continue;
-		struct inflight_ctx c = {.ch = ch};
-		if (ch->loop == bd_loop_current())
-			read_chan_on_loop(&c);
-		else
-			bd_loop_call(ch->loop, read_chan_on_loop, &c);
+		read_chan(node->chans[i], &c);
 		for (int op = 0; op < BD_OP__COUNT; op++) {
 			out->ops[op] += c.stats.ops[op];
 			out->bytes[op] += c.stats.bytes[op];
@@ -357,20 +359,6 @@ void bd_graph_close_all(void)
 }
 
 /* ---- opening ---- */
-
-static bool valid_node_name(const char *s)
-{
-	/* QEMU's id rules: a letter first, then letters, digits, '-', '.', '_'; at most 31 */
-	size_t len = strlen(s);
-	if (len == 0 || len > 31 || !isalpha((unsigned char)s[0]))
-		return false;
-	for (size_t i = 1; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (!isalnum(c) && c != '-' && c != '.' && c != '_')
-			return false;
-	}
-	return true;
-}
 
 static int read_common(json_t *opts, struct bd_node_common *c, struct bd_err *err)
 {
@@ -491,7 +479,7 @@ static struct bd_node *node_open(json_t *given, bool top, const struct bd_driver
 	if (r < 0 && r != -ENOENT)
 		goto fail;
 	if (r == 0) {
-		if (!valid_node_name(name)) {
+		if (!bd_id_valid(name, 31)) {
 			bd_err_set(err, -EINVAL, "Invalid node-name: '%s'", name);
 			goto fail;
 		}

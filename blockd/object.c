@@ -26,10 +26,11 @@ struct iothread {
 static struct iothread *iothreads;
 static struct bd_loop *default_loop;
 
-static bool valid_id(const char *s)
+bool bd_id_valid(const char *s, size_t max_len)
 {
+	/* QEMU's id rules: a letter first, then letters, digits, '-', '.', '_' */
 	size_t len = strlen(s);
-	if (len == 0 || len > 127 || !isalpha((unsigned char)s[0]))
+	if (len == 0 || len > max_len || !isalpha((unsigned char)s[0]))
 		return false;
 	for (size_t i = 1; i < len; i++) {
 		unsigned char c = (unsigned char)s[i];
@@ -52,7 +53,7 @@ int bd_object_add(json_t *props, struct bd_err *err)
 	if (bd_opts_str(props, "id", &id, err) < 0)
 		return err && err->code ? err->code
 					: bd_err_set(err, -EINVAL, "Parameter 'id' is missing");
-	if (!valid_id(id))
+	if (!bd_id_valid(id, 127))
 		return bd_err_set(err, -EINVAL, "Invalid object id '%s'", id);
 	for (const struct bd_object_type *const *t = bd_object_type_table; *t; t++)
 		if (!strcmp((*t)->name, type_name))

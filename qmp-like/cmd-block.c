@@ -67,30 +67,6 @@ struct dyn_type {
 	size_t nvariants;
 };
 
-static const struct qmp_type *opt_type(const struct bd_opt_desc *o, struct qmp_type *scratch)
-{
-	switch (o->type) {
-	case BD_OPT_STR:
-		return &qmp_t_str;
-	case BD_OPT_BOOL:
-		return &qmp_t_bool;
-	case BD_OPT_INT:
-		return &qmp_t_int;
-	case BD_OPT_SIZE:
-		return &qmp_t_size;
-	case BD_OPT_ENUM:
-		if (!o->enum_values)
-			return &qmp_t_str;
-		scratch->kind = QK_ENUM;
-		scratch->values = o->enum_values;
-		return scratch;
-	case BD_OPT_CHILD:
-		return &t_blockdev_ref;
-	case BD_OPT_OBJ:
-		return &qmp_t_dict;
-	}
-	return &qmp_t_any;
-}
 
 /* A union type: base members, tag, one variant per table entry with its option descriptors. */
 static struct qmp_type *build_union(const char *doc_name, const char *tag,
@@ -143,7 +119,7 @@ static struct qmp_type *build_union(const char *doc_name, const char *tag,
 			if (skipped)
 				continue;
 			d->vmembers[i][j].name = o->name;
-			d->vmembers[i][j].type = opt_type(o, &d->vtypes[k++]);
+			d->vmembers[i][j].type = qmp_opt_type(o, &d->vtypes[k++], &t_blockdev_ref);
 			d->vmembers[i][j].optional = !o->required;
 			d->vmembers[i][j].help = o->help;
 			j++;

@@ -29,29 +29,6 @@ struct obj_union {
 	size_t n;
 };
 
-static const struct qmp_type *desc_type(const struct bd_opt_desc *o, struct qmp_type *scratch)
-{
-	switch (o->type) {
-	case BD_OPT_STR:
-	case BD_OPT_CHILD:
-		return &qmp_t_str;
-	case BD_OPT_BOOL:
-		return &qmp_t_bool;
-	case BD_OPT_INT:
-		return &qmp_t_int;
-	case BD_OPT_SIZE:
-		return &qmp_t_size;
-	case BD_OPT_ENUM:
-		if (!o->enum_values)
-			return &qmp_t_str;
-		scratch->kind = QK_ENUM;
-		scratch->values = o->enum_values;
-		return scratch;
-	case BD_OPT_OBJ:
-		return &qmp_t_dict;
-	}
-	return &qmp_t_any;
-}
 
 static struct qmp_type *build_object_options(void)
 {
@@ -86,7 +63,7 @@ static struct qmp_type *build_object_options(void)
 		cnt = 0;
 		for (const struct bd_opt_desc *o = t->options; o && o->name; o++, cnt++) {
 			u->vm[i][cnt].name = o->name;
-			u->vm[i][cnt].type = desc_type(o, &u->vt[k++]);
+			u->vm[i][cnt].type = qmp_opt_type(o, &u->vt[k++], &qmp_t_str);
 			u->vm[i][cnt].optional = !o->required;
 			u->vm[i][cnt].help = o->help;
 		}

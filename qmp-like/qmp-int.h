@@ -89,6 +89,11 @@ struct qmp_dynamic {
 	bool lenient;
 };
 
+struct bd_opt_desc;
+/* The QMP type of a driver's or object type's option descriptor; an enum needs scratch (which
+ * must live as long as the result); child references map to child_type. */
+const struct qmp_type *qmp_opt_type(const struct bd_opt_desc *o, struct qmp_type *scratch,
+				    const struct qmp_type *child_type);
 extern const struct qmp_type qmp_t_str, qmp_t_int, qmp_t_size, qmp_t_bool, qmp_t_number,
 	qmp_t_any, qmp_t_null, qmp_t_empty, qmp_t_dict, qmp_t_str_list;
 

@@ -534,3 +534,29 @@ void bd_qmp_write_doc(FILE *out)
 		}
 	}
 }
+
+const struct qmp_type *qmp_opt_type(const struct bd_opt_desc *o, struct qmp_type *scratch,
+				    const struct qmp_type *child_type)
+{
+	switch (o->type) {
+	case BD_OPT_STR:
+		return &qmp_t_str;
+	case BD_OPT_CHILD:
+		return child_type;
+	case BD_OPT_BOOL:
+		return &qmp_t_bool;
+	case BD_OPT_INT:
+		return &qmp_t_int;
+	case BD_OPT_SIZE:
+		return &qmp_t_size;
+	case BD_OPT_ENUM:
+		if (!o->enum_values)
+			return &qmp_t_str;
+		scratch->kind = QK_ENUM;
+		scratch->values = o->enum_values;
+		return scratch;
+	case BD_OPT_OBJ:
+		return &qmp_t_dict;
+	}
+	return &qmp_t_any;
+}
