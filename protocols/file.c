@@ -80,10 +80,20 @@ enum file_step {
 	STEP_CACHE,
 };
 
+/* Per loop: reads and writes this channel has on the ring (for the inline write decision). */
+struct file_chan {
+	unsigned rw_inflight;
+};
+
+/* Buffered writes up to this size may be done inline (see write_inline). */
+#define FILE_INLINE_WRITE_MAX (128u << 10)
+
 struct file_req {
 	struct bd_io io;
 	struct bd_req *req;
 	struct file_node *fn;
+	struct file_chan *fc;
+	bool counted; /* in fc->rw_inflight */
 	struct bd_loop *loop;
 	/* READ/WRITE: what is transferred, req's iovec or the tail bounce buffer */
 	const struct iovec *iov;
@@ -127,6 +137,10 @@ static void fr_finish(struct file_req *fr, int ret)
 
 	if (fr->biov.iov_base && ret == 0 && req->op == BD_OP_READ)
 		bd_iov_from_buf(req->iov, req->iovcnt, 0, fr->biov.iov_base, req->len);
+	if (fr->counted) {
+		fr->fc->rw_inflight--;
+		fr->counted = false;
+	}
 	fr_free(fr);
 	bd_req_complete(req, ret);
 }
@@ -171,6 +185,10 @@ static int rw_issue(struct file_req *fr)
 		cnt = n;
 	}
 
+	if (!fr->counted && fr->fc) {
+		fr->fc->rw_inflight++;
+		fr->counted = true;
+	}
 	sqe = bd_loop_sqe(fr->loop);
 	if (req->op == BD_OP_READ) {
 		if (cnt == 1)
@@ -220,6 +238,34 @@ static int rw_setup(struct file_node *fn, struct file_req *fr)
 	fr->iovcnt = 1;
 	fr->len = blen;
 	return 0;
+}
+
+/* A small buffered write while nothing else of this channel is on the ring: do it here with
+ * pwritev().  ext4 and most file systems have no asynchronous buffered-write path, so io_uring
+ * hands every such write to an io-wq worker thread: measured on ext4 with Linux 6.18, 8.7 us a
+ * 4 KiB write against 2.1 us for pwrite().  A page-cache write returns in microseconds; it can
+ * wait in the kernel's dirty-page throttling, and then only this loop waits, which has nothing
+ * else in flight on this channel.  Under concurrency the ring is used, where requests overlap.
+ * Not for O_DIRECT (truly asynchronous on the ring), FUA (a disk write), or aio=threads.
+ * true: done (completion deferred); false: the rest goes to the ring. */
+static bool write_inline(struct file_req *fr)
+{
+	struct bd_req *req = fr->req;
+	struct file_node *fn = fr->fn;
+	ssize_t r;
+
+	if (fn->direct || fn->threads || (req->flags & BD_REQ_FUA) || fr->fc->rw_inflight ||
+	    fr->len > FILE_INLINE_WRITE_MAX || fr->iovcnt > IOV_MAX || fr->iov != req->iov)
+		return false;
+	r = pwritev(fn->fd, fr->iov, fr->iovcnt, (off_t)req->offset);
+	if (r == (ssize_t)fr->len) {
+		fr_free(fr);
+		bd_req_complete_later(req, 0);
+		return true;
+	}
+	if (r > 0)
+		fr->done = (uint64_t)r; /* short: the ring writes the rest */
+	return false;            /* errors: the ring tries again and reports */
 }
 
 static void rw_continue(struct file_req *fr)
@@ -565,7 +611,10 @@ static int file_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *
 			bd_req_complete_later(req, 0);
 			return 0;
 		}
+		fr->fc = bd_chan_priv(ch);
 		ret = rw_setup(fn, fr);
+		if (ret == 0 && req->op == BD_OP_WRITE && write_inline(fr))
+			return 0;
 		if (ret == 0)
 			ret = rw_issue(fr);
 		if (ret < 0)
@@ -929,7 +978,7 @@ const struct bd_driver bd_drv_file = {
     .help = "regular file through io_uring",
     .options = file_options,
     .node_size = sizeof(struct file_node),
-    .chan_size = 0,
+    .chan_size = sizeof(struct file_chan),
     .req_size = sizeof(struct file_req),
     .open = file_open,
     .close = file_close,
@@ -944,7 +993,7 @@ const struct bd_driver bd_drv_host_device = {
     .help = "block device through io_uring",
     .options = file_options,
     .node_size = sizeof(struct file_node),
-    .chan_size = 0,
+    .chan_size = sizeof(struct file_chan),
     .req_size = sizeof(struct file_req),
     .open = hdev_open,
     .close = file_close,
