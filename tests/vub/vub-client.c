@@ -1,0 +1,722 @@
+/*
+ * vub-client.c - a small vhost-user-blk front end for tests and benchmarks: a userspace virtio
+ * driver that connects to a vhost-user-blk socket (blockd's or qemu-storage-daemon's), shares a
+ * memfd as "guest memory", sets up split rings and submits virtio-blk requests.
+ *
+ * usage: vub-client SOCKET COMMAND [options]
+ *   info                         features, config space, serial
+ *   write OFF LEN FILE           write LEN bytes of FILE at OFF;  read OFF LEN FILE: the reverse
+ *   discard|zero|zero-unmap|flush [OFF LEN]
+ *   verify                       self-check: write/read back on every queue, discard, zeroes,
+ *                                flush, GET_ID, out-of-range and read-only errors
+ *   hostile                      bad descriptors and bad messages; the back end must survive
+ *   bench [--rw randread|randwrite|read|write] [--bs N] [--qd N] [--time S] [--queues N]
+ * Options for every command: --queues N (default 1), --num N (ring size, default 256).
+ * Single-threaded per queue: one thread per queue in bench.  Exit 0 on success.
+ */
+#include "export/vhost-user-blk/vub-proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_Q 16
+#define SLOT_BUF (1u << 20)
+
+static int sock = -1;
+static uint8_t *mem;
+static size_t mem_size;
+static int mem_fd;
+static uint64_t features, pfeatures;
+static struct virtio_blk_config cfg;
+static unsigned nq = 1, ring_num = 256;
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "vub-client: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, "\n");
+	va_end(ap);
+	exit(1);
+}
+
+/* ---- vhost-user messages -------------------------------------------------------------------- */
+static void vu_send(uint32_t req, uint32_t flags, const void *p, uint32_t size, const int *fds,
+		    int nfds)
+{
+	struct vhost_user_hdr h = {req, VHOST_USER_VERSION | flags, size};
+	struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)p, size}};
+	char cbuf[CMSG_SPACE(sizeof(int) * 8)];
+	struct msghdr mh = {.msg_iov = iov, .msg_iovlen = size ? 2 : 1};
+
+	if (nfds) {
+		memset(cbuf, 0, sizeof(cbuf));
+		mh.msg_control = cbuf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+	}
+	if (sendmsg(sock, &mh, MSG_NOSIGNAL) != (ssize_t)(sizeof(h) + size))
+		die("sendmsg %u: %s", req, strerror(errno));
+}
+
+/* Read a reply; returns payload size, fills *fd if one came. */
+static uint32_t vu_recv(uint32_t req, void *p, uint32_t max, int *fd)
+{
+	struct vhost_user_hdr h;
+	char cbuf[CMSG_SPACE(sizeof(int) * 8)];
+	struct iovec iov = {&h, sizeof(h)};
+	struct msghdr mh = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	ssize_t n = recvmsg(sock, &mh, MSG_WAITALL);
+
+	if (n != sizeof(h))
+		die("reply to %u: %s", req, n < 0 ? strerror(errno) : "connection closed");
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_type == SCM_RIGHTS && fd)
+			memcpy(fd, CMSG_DATA(cm), sizeof(int));
+	if (h.request != req || !(h.flags & VHOST_USER_REPLY_MASK) || h.size > max)
+		die("bad reply to %u: req %u flags %x size %u", req, h.request, h.flags, h.size);
+	if (h.size && recv(sock, p, h.size, MSG_WAITALL) != (ssize_t)h.size)
+		die("reply payload to %u", req);
+	return h.size;
+}
+
+static uint64_t vu_get_u64(uint32_t req)
+{
+	uint64_t v = 0;
+	vu_send(req, 0, NULL, 0, NULL, 0);
+	vu_recv(req, &v, sizeof(v), NULL);
+	return v;
+}
+
+/* Send a request, and with REPLY_ACK wait for its ack; returns the ack (0 = success). */
+static uint64_t vu_call(uint32_t req, const void *p, uint32_t size, const int *fds, int nfds)
+{
+	bool ack = pfeatures & (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK);
+	uint64_t v = 0;
+	vu_send(req, ack ? VHOST_USER_NEED_REPLY_MASK : 0, p, size, fds, nfds);
+	if (ack)
+		vu_recv(req, &v, sizeof(v), NULL);
+	return v;
+}
+
+/* ---- rings ---------------------------------------------------------------------------------- */
+struct slot {
+	struct virtio_blk_outhdr hdr;
+	uint8_t status;
+	uint8_t *buf;	/* SLOT_BUF bytes in shared memory */
+	uint64_t start; /* bench: ns */
+	bool busy;
+};
+
+struct vq {
+	unsigned idx, num, nslots;
+	struct vring_desc *desc;
+	struct vring_avail *avail;
+	struct vring_used *used;
+	int kick, call;
+	uint16_t avail_idx, last_used;
+	struct slot *slots; /* in shared memory */
+	uint8_t *bufs;
+	/* bench */
+	uint64_t ops, bytes, lat_ns;
+	pthread_t th;
+};
+
+static struct vq vqs[MAX_Q];
+static size_t mem_used;
+
+static void *alloc_mem(size_t len, size_t align)
+{
+	size_t off = (mem_used + align - 1) & ~(align - 1);
+	if (off + len > mem_size)
+		die("out of shared memory");
+	mem_used = off + len;
+	return mem + off;
+}
+
+static uint64_t gpa(const void *p)
+{
+	return (uint64_t)((const uint8_t *)p - mem);
+}
+
+static void setup(unsigned qd_slots)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct vhost_user_mem_table mt = {0};
+	uint64_t f;
+
+	pfeatures = 0;
+	features = vu_get_u64(VHOST_USER_GET_FEATURES);
+	if (features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES)) {
+		uint64_t pf = vu_get_u64(VHOST_USER_GET_PROTOCOL_FEATURES);
+		pf &= (1ull << VHOST_USER_PROTOCOL_F_MQ) |
+		      (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+		      (1ull << VHOST_USER_PROTOCOL_F_CONFIG);
+		vu_send(VHOST_USER_SET_PROTOCOL_FEATURES, 0, &pf, sizeof(pf), NULL, 0);
+		pfeatures = pf;
+	}
+	(void)sa;
+	if (pfeatures & (1ull << VHOST_USER_PROTOCOL_F_MQ)) {
+		uint64_t n = vu_get_u64(VHOST_USER_GET_QUEUE_NUM);
+		if (nq > n)
+			die("back end has only %" PRIu64 " queues", n);
+	}
+	vu_send(VHOST_USER_SET_OWNER, 0, NULL, 0, NULL, 0);
+	if (pfeatures & (1ull << VHOST_USER_PROTOCOL_F_CONFIG)) {
+		/* 60 bytes: the config up to the write-zeroes fields; older back ends (QEMU 7.2's
+		 * libvhost-user) refuse anything larger than their own struct */
+		struct vhost_user_config c = {.offset = 0, .size = 60};
+		uint32_t n;
+		vu_send(VHOST_USER_GET_CONFIG, 0, &c, VHOST_USER_CONFIG_HDR_SIZE + 60, NULL, 0);
+		n = vu_recv(VHOST_USER_GET_CONFIG, &c, sizeof(c), NULL);
+		if (n < VHOST_USER_CONFIG_HDR_SIZE + 60)
+			die("GET_CONFIG: short reply (%u bytes)", n);
+		memcpy(&cfg, c.region, 60);
+	}
+	f = features & ((1ull << VIRTIO_F_VERSION_1) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
+			(1ull << VIRTIO_BLK_F_RO) | (1ull << VIRTIO_BLK_F_FLUSH) |
+			(1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES) |
+			(1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_MQ) |
+			(1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_CONFIG_WCE) |
+			(1ull << VIRTIO_BLK_F_TOPOLOGY) | (1ull << VIRTIO_BLK_F_SIZE_MAX) |
+			(1ull << VIRTIO_BLK_F_SECURE_ERASE));
+	features = f;
+	if (vu_call(VHOST_USER_SET_FEATURES, &f, sizeof(f), NULL, 0))
+		die("SET_FEATURES refused");
+
+	mt.nregions = 1;
+	mt.regions[0].guest_phys_addr = 0;
+	mt.regions[0].memory_size = mem_size;
+	mt.regions[0].userspace_addr = (uint64_t)(uintptr_t)mem;
+	mt.regions[0].mmap_offset = 0;
+	if (vu_call(VHOST_USER_SET_MEM_TABLE, &mt, 8 + sizeof(mt.regions[0]), &mem_fd, 1))
+		die("SET_MEM_TABLE refused");
+
+	for (unsigned i = 0; i < nq; i++) {
+		struct vq *q = &vqs[i];
+		struct vhost_vring_state st = {i, ring_num};
+		struct vhost_vring_addr a = {0};
+		uint64_t u;
+
+		q->idx = i;
+		q->num = ring_num;
+		q->nslots = ring_num / 3 < qd_slots ? ring_num / 3 : qd_slots;
+		q->desc = alloc_mem(16 * ring_num, 4096);
+		q->avail = alloc_mem(6 + 2 * ring_num, 4096);
+		q->used = alloc_mem(6 + 8 * ring_num, 4096);
+		q->slots = alloc_mem(sizeof(struct slot) * q->nslots, 64);
+		q->kick = eventfd(0, EFD_CLOEXEC);
+		q->call = eventfd(0, EFD_CLOEXEC);
+		vu_call(VHOST_USER_SET_VRING_NUM, &st, sizeof(st), NULL, 0);
+		st.num = 0;
+		vu_call(VHOST_USER_SET_VRING_BASE, &st, sizeof(st), NULL, 0);
+		a.index = i;
+		a.desc_user_addr = (uint64_t)(uintptr_t)q->desc;
+		a.avail_user_addr = (uint64_t)(uintptr_t)q->avail;
+		a.used_user_addr = (uint64_t)(uintptr_t)q->used;
+		vu_call(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a), NULL, 0);
+		u = i;
+		vu_call(VHOST_USER_SET_VRING_CALL, &u, sizeof(u), &q->call, 1);
+		vu_call(VHOST_USER_SET_VRING_KICK, &u, sizeof(u), &q->kick, 1);
+		st.num = 1;
+		if (features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES))
+			vu_call(VHOST_USER_SET_VRING_ENABLE, &st, sizeof(st), NULL, 0);
+	}
+	for (unsigned i = 0; i < nq; i++)
+		for (unsigned s = 0; s < vqs[i].nslots; s++)
+			vqs[i].slots[s].buf = alloc_mem(SLOT_BUF, 4096);
+}
+
+static void connect_and_map(const char *path, size_t slots_mem)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		die("connect %s: %s", path, strerror(errno));
+	mem_size = (8u << 20) + slots_mem;
+	mem_fd = memfd_create("vub-client", MFD_CLOEXEC);
+	if (mem_fd < 0 || ftruncate(mem_fd, (off_t)mem_size) < 0)
+		die("memfd: %s", strerror(errno));
+	mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED, mem_fd, 0);
+	if (mem == MAP_FAILED)
+		die("mmap: %s", strerror(errno));
+}
+
+/* Queue a request in slot s of q (not kicked). */
+static void submit(struct vq *q, unsigned s, uint32_t type, uint64_t sector, uint32_t len,
+		   bool data_in)
+{
+	struct slot *sl = &q->slots[s];
+	unsigned d = s * 3, n = 0;
+
+	sl->hdr.type = type;
+	sl->hdr.ioprio = 0;
+	sl->hdr.sector = sector;
+	sl->status = 0xff;
+	sl->busy = true;
+	q->desc[d].addr = gpa(&sl->hdr);
+	q->desc[d].len = sizeof(sl->hdr);
+	q->desc[d].flags = VRING_DESC_F_NEXT;
+	q->desc[d].next = (uint16_t)(d + 1);
+	n = d + 1;
+	if (len) {
+		q->desc[n].addr = gpa(sl->buf);
+		q->desc[n].len = len;
+		q->desc[n].flags = VRING_DESC_F_NEXT | (data_in ? VRING_DESC_F_WRITE : 0);
+		q->desc[n].next = (uint16_t)(n + 1);
+		n++;
+	}
+	q->desc[n].addr = gpa(&sl->status);
+	q->desc[n].len = 1;
+	q->desc[n].flags = VRING_DESC_F_WRITE;
+	q->desc[n].next = 0;
+	q->avail->ring[q->avail_idx % q->num] = (uint16_t)d;
+	q->avail_idx++;
+	__atomic_store_n(&q->avail->idx, q->avail_idx, __ATOMIC_RELEASE);
+}
+
+static void kick(struct vq *q)
+{
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	eventfd_write(q->kick, 1);
+}
+
+/* Wait for completions; returns number reaped, calls fn for each slot. */
+static unsigned reap(struct vq *q, void (*fn)(struct vq *, unsigned), int timeout_ms)
+{
+	unsigned n = 0;
+
+	for (;;) {
+		uint16_t ui = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+		while (q->last_used != ui) {
+			struct vring_used_elem *e = &q->used->ring[q->last_used % q->num];
+			unsigned s = e->id / 3;
+			q->last_used++;
+			if (e->id % 3 || s >= q->nslots)
+				die("bad used id %u", e->id);
+			q->slots[s].busy = false;
+			if (fn)
+				fn(q, s);
+			n++;
+		}
+		if (n)
+			return n;
+		struct pollfd p = {q->call, POLLIN, 0};
+		int r = poll(&p, 1, timeout_ms);
+		if (r == 0)
+			return 0;
+		uint64_t v;
+		if (read(q->call, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			die("call read");
+	}
+}
+
+/* One synchronous request on queue q slot 0.  Returns the status byte. */
+static int sync_req(unsigned qi, uint32_t type, uint64_t off, uint32_t len, bool data_in)
+{
+	struct vq *q = &vqs[qi];
+	submit(q, 0, type, off / 512, len, data_in);
+	kick(q);
+	if (!reap(q, NULL, 10000))
+		die("request timed out (type %u)", type);
+	return q->slots[0].status;
+}
+
+static int range_req(unsigned qi, uint32_t type, uint64_t off, uint64_t len, uint32_t flags)
+{
+	struct virtio_blk_discard_wz *seg = (void *)vqs[qi].slots[0].buf;
+	seg->sector = off / 512;
+	seg->num_sectors = (uint32_t)(len / 512);
+	seg->flags = flags;
+	return sync_req(qi, type, off, sizeof(*seg), false);
+}
+
+/* ---- commands ------------------------------------------------------------------------------- */
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int cmd_info(void)
+{
+	char id[21] = {0};
+	int st = sync_req(0, VIRTIO_BLK_T_GET_ID, 0, 20, true);
+	memcpy(id, vqs[0].slots[0].buf, 20);
+	printf("features=0x%" PRIx64 " protocol=0x%" PRIx64 "\n", features, pfeatures);
+	printf("capacity=%" PRIu64 " blk_size=%u seg_max=%u size_max=%u num_queues=%u wce=%u "
+	       "ro=%d discard=%d write_zeroes=%d\n",
+	       cfg.capacity, cfg.blk_size, cfg.seg_max, cfg.size_max, cfg.num_queues, cfg.wce,
+	       !!(features & (1ull << VIRTIO_BLK_F_RO)),
+	       !!(features & (1ull << VIRTIO_BLK_F_DISCARD)),
+	       !!(features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES)));
+	printf("serial=%s (status %d)\n", id, st);
+	return 0;
+}
+
+static int cmd_rw(bool wr, uint64_t off, uint64_t len, const char *file)
+{
+	int fd = open(file, wr ? O_RDONLY : O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0)
+		die("open %s: %s", file, strerror(errno));
+	for (uint64_t done = 0; done < len;) {
+		uint32_t n = (uint32_t)(len - done > SLOT_BUF ? SLOT_BUF : len - done);
+		if (wr && pread(fd, vqs[0].slots[0].buf, n, (off_t)done) != (ssize_t)n)
+			die("short read of %s", file);
+		int st = sync_req(0, wr ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, off + done, n, !wr);
+		if (st)
+			die("%s at %" PRIu64 ": status %d", wr ? "write" : "read", off + done, st);
+		if (!wr && pwrite(fd, vqs[0].slots[0].buf, n, (off_t)done) != (ssize_t)n)
+			die("write %s", file);
+		done += n;
+	}
+	close(fd);
+	return 0;
+}
+
+static int fails;
+#define CHECK(cond, ...)                                                                           \
+	do {                                                                                       \
+		if (cond)                                                                          \
+			printf("ok: " __VA_ARGS__);                                                \
+		else {                                                                             \
+			printf("FAILED: " __VA_ARGS__);                                            \
+			fails++;                                                                   \
+		}                                                                                  \
+		printf("\n");                                                                      \
+	} while (0)
+
+static int cmd_verify(void)
+{
+	uint64_t size = cfg.capacity * 512;
+	bool ro = features & (1ull << VIRTIO_BLK_F_RO);
+	uint8_t *pat = malloc(65536);
+	char id[21] = {0};
+
+	for (unsigned i = 0; i < 65536; i++)
+		pat[i] = (uint8_t)(rand() >> 7);
+	CHECK(cfg.num_queues >= nq, "config num_queues %u >= %u", cfg.num_queues, nq);
+	for (unsigned qi = 0; qi < nq && !ro; qi++) {
+		uint64_t off = (uint64_t)qi * 65536 * 2;
+		memcpy(vqs[qi].slots[0].buf, pat, 65536);
+		pat[qi] ^= 0x5a;
+		CHECK(sync_req(qi, VIRTIO_BLK_T_OUT, off, 65536, false) == 0, "write on queue %u",
+		      qi);
+		memset(vqs[qi].slots[0].buf, 0, 65536);
+		CHECK(sync_req(qi, VIRTIO_BLK_T_IN, off, 65536, true) == 0, "read on queue %u", qi);
+		pat[qi] ^= 0x5a;
+		CHECK(!memcmp(vqs[qi].slots[0].buf, pat, 65536), "read back on queue %u", qi);
+	}
+	CHECK(sync_req(0, VIRTIO_BLK_T_FLUSH, 0, 0, false) == 0, "flush");
+	{
+		/* the same memory table again while the queues run: the back end stops and
+		 * restarts them, and must resume where it was (no request served twice) */
+		struct vhost_user_mem_table mt = {.nregions = 1};
+		mt.regions[0].memory_size = mem_size;
+		mt.regions[0].userspace_addr = (uint64_t)(uintptr_t)mem;
+		CHECK(vu_call(VHOST_USER_SET_MEM_TABLE, &mt, 8 + sizeof(mt.regions[0]), &mem_fd,
+			      1) == 0,
+		      "memory table replaced while running");
+		for (unsigned qi = 0; qi < nq; qi++) {
+			uint16_t before = vqs[qi].last_used;
+			CHECK(sync_req(qi, VIRTIO_BLK_T_IN, 0, 4096, true) == 0 &&
+				  (uint16_t)(vqs[qi].last_used - before) == 1 &&
+				  __atomic_load_n(&vqs[qi].used->idx, __ATOMIC_ACQUIRE) ==
+				      vqs[qi].avail_idx,
+			      "queue %u resumes after the memory table change", qi);
+		}
+	}
+	CHECK(sync_req(0, VIRTIO_BLK_T_IN, size, 512, true) == VIRTIO_BLK_S_IOERR,
+	      "read past the end fails");
+	CHECK(sync_req(0, VIRTIO_BLK_T_IN, size - 512, 1024, true) == VIRTIO_BLK_S_IOERR,
+	      "read across the end fails");
+	CHECK(sync_req(0, 0x77, 0, 512, true) == VIRTIO_BLK_S_UNSUPP, "unknown type: UNSUPP");
+	sync_req(0, VIRTIO_BLK_T_GET_ID, 0, 20, true);
+	memcpy(id, vqs[0].slots[0].buf, 20);
+	printf("serial: %s\n", id);
+	if (ro) {
+		CHECK(sync_req(0, VIRTIO_BLK_T_OUT, 0, 512, false) == VIRTIO_BLK_S_IOERR,
+		      "write on read-only fails");
+	} else {
+		if (features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES)) {
+			CHECK(range_req(0, VIRTIO_BLK_T_WRITE_ZEROES, 0, 65536, 0) == 0,
+			      "write zeroes");
+			sync_req(0, VIRTIO_BLK_T_IN, 0, 65536, true);
+			bool z = true;
+			for (unsigned i = 0; i < 65536; i++)
+				z &= vqs[0].slots[0].buf[i] == 0;
+			CHECK(z, "zeroes read back");
+			CHECK(range_req(0, VIRTIO_BLK_T_WRITE_ZEROES, 65536, 65536,
+					VIRTIO_BLK_WZ_F_UNMAP) == 0,
+			      "write zeroes with unmap");
+			CHECK(range_req(0, VIRTIO_BLK_T_WRITE_ZEROES, size, 512, 0) ==
+				  VIRTIO_BLK_S_IOERR,
+			      "write zeroes past the end fails");
+		}
+		if (features & (1ull << VIRTIO_BLK_F_DISCARD))
+			CHECK(range_req(0, VIRTIO_BLK_T_DISCARD, 1 << 20, 1 << 20, 0) == 0,
+			      "discard");
+	}
+	free(pat);
+	printf("%s\n", fails ? "VERIFY FAILED" : "VERIFY OK");
+	return fails ? 1 : 0;
+}
+
+/* Hostile front end: malformed chains must fail the request or break the queue, never crash. */
+static int cmd_hostile(void)
+{
+	struct vq *q = &vqs[0];
+	int st;
+
+	/* 1. a data descriptor outside guest memory */
+	submit(q, 0, VIRTIO_BLK_T_IN, 0, 512, true);
+	q->desc[1].addr = mem_size + (1ull << 30);
+	kick(q);
+	reap(q, NULL, 500);
+	/* 2. a loop in the chain (on queue 1 if there is one, else on the same queue) */
+	q = &vqs[nq > 1 ? 1 : 0];
+	submit(q, 1, VIRTIO_BLK_T_IN, 0, 512, true);
+	q->desc[5].flags |= VRING_DESC_F_NEXT;
+	q->desc[5].next = 3;
+	kick(q);
+	reap(q, NULL, 500);
+	/* 3. bogus avail index (far ahead) */
+	__atomic_store_n(&q->avail->idx, (uint16_t)(q->avail_idx + 5000), __ATOMIC_RELEASE);
+	kick(q);
+	usleep(100000);
+	/* 4. bad messages: wrong sizes, unknown request, vring index out of range */
+	struct vhost_vring_state st2 = {200, 8};
+	vu_send(VHOST_USER_SET_VRING_NUM, 0, &st2, sizeof(st2), NULL, 0);
+	uint64_t junk[4] = {1, 2, 3, 4};
+	vu_send(99, 0, junk, sizeof(junk), NULL, 0);
+	/* a memory region larger than its file: must be refused (mapping it would SIGBUS) */
+	struct vhost_user_mem_table mt = {.nregions = 1};
+	mt.regions[0].memory_size = mem_size * 4;
+	mt.regions[0].userspace_addr = (uint64_t)(uintptr_t)mem;
+	uint64_t ack =
+	    vu_call(VHOST_USER_SET_MEM_TABLE, &mt, 8 + sizeof(mt.regions[0]), &mem_fd, 1);
+	printf("oversized region refused: %s\n", ack ? "yes" : "no");
+	/* the back end must still answer */
+	uint64_t f = vu_get_u64(VHOST_USER_GET_FEATURES);
+	printf("still answering after hostile requests: features=0x%" PRIx64 "\n", f);
+	/* 5. a message with a wrong payload size: the back end may drop us */
+	vu_send(VHOST_USER_SET_VRING_BASE, 0, junk, 3, NULL, 0);
+	(void)st;
+	printf("HOSTILE DONE\n");
+	return 0;
+}
+
+/* ---- benchmark ------------------------------------------------------------------------------ */
+static int bench_rw; /* 0 randread 1 randwrite 2 read 3 write */
+static uint32_t bench_bs = 4096;
+static unsigned bench_qd = 32;
+static double bench_time = 5;
+static atomic_bool bench_stop;
+
+static uint64_t rnd_state = 88172645463325252ull;
+static uint64_t xrand(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+struct bench_ctx {
+	uint64_t seq_off, rs;
+};
+static struct bench_ctx bctx[MAX_Q];
+
+static void bench_issue(struct vq *q, unsigned s)
+{
+	struct bench_ctx *b = &bctx[q->idx];
+	uint64_t size = cfg.capacity * 512, blocks = size / bench_bs, off;
+	bool wr = bench_rw == 1 || bench_rw == 3;
+
+	if (bench_rw <= 1)
+		off = (xrand(&b->rs) % blocks) * bench_bs;
+	else {
+		off = b->seq_off;
+		b->seq_off += bench_bs;
+		if (b->seq_off + bench_bs > size)
+			b->seq_off = 0;
+	}
+	q->slots[s].start = now_ns();
+	submit(q, s, wr ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, off / 512, bench_bs, !wr);
+}
+
+static void bench_done(struct vq *q, unsigned s)
+{
+	if (q->slots[s].status)
+		die("bench: request failed with status %d", q->slots[s].status);
+	q->ops++;
+	q->bytes += bench_bs;
+	q->lat_ns += now_ns() - q->slots[s].start;
+	if (!atomic_load(&bench_stop))
+		bench_issue(q, s);
+}
+
+static void *bench_thread(void *arg)
+{
+	struct vq *q = arg;
+	unsigned qd = bench_qd < q->nslots ? bench_qd : q->nslots;
+
+	bctx[q->idx].rs = rnd_state + q->idx * 7919;
+	bctx[q->idx].seq_off = (cfg.capacity * 512 / nq) * q->idx;
+	bctx[q->idx].seq_off -= bctx[q->idx].seq_off % bench_bs;
+	for (unsigned s = 0; s < qd; s++)
+		bench_issue(q, s);
+	kick(q);
+	for (;;) {
+		unsigned busy = 0;
+		reap(q, bench_done, 1000);
+		kick(q);
+		for (unsigned s = 0; s < qd; s++)
+			busy += q->slots[s].busy;
+		if (atomic_load(&bench_stop) && !busy)
+			break;
+	}
+	return NULL;
+}
+
+static int cmd_bench(void)
+{
+	uint64_t t0 = now_ns(), t1, ops = 0, bytes = 0, lat = 0;
+	static const char *const names[] = {"randread", "randwrite", "read", "write"};
+
+	for (unsigned i = 0; i < nq; i++)
+		pthread_create(&vqs[i].th, NULL, bench_thread, &vqs[i]);
+	usleep((useconds_t)(bench_time * 1e6));
+	atomic_store(&bench_stop, true);
+	for (unsigned i = 0; i < nq; i++) {
+		pthread_join(vqs[i].th, NULL);
+		ops += vqs[i].ops;
+		bytes += vqs[i].bytes;
+		lat += vqs[i].lat_ns;
+	}
+	t1 = now_ns();
+	double s = (double)(t1 - t0) / 1e9;
+	printf("%s bs=%u qd=%u queues=%u: %.0f IOPS %.1f MiB/s avg-lat %.1f us\n", names[bench_rw],
+	       bench_bs, bench_qd, nq, (double)ops / s, (double)bytes / s / 1048576.0,
+	       ops ? (double)lat / (double)ops / 1000.0 : 0.0);
+	return 0;
+}
+
+static uint64_t parse_size(const char *s)
+{
+	char *end;
+	uint64_t v = strtoull(s, &end, 0);
+	switch (*end) {
+	case 'k':
+	case 'K':
+		v <<= 10;
+		break;
+	case 'm':
+	case 'M':
+		v <<= 20;
+		break;
+	case 'g':
+	case 'G':
+		v <<= 30;
+		break;
+	}
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	const char *path, *cmd;
+	char *pos[8];
+	int npos = 0;
+
+	if (argc < 3) {
+		fprintf(stderr,
+			"usage: vub-client SOCKET info|write|read|discard|zero|flush|verify|"
+			"hostile|bench [args] [--queues N] [--num N] [--rw RW] [--bs N] "
+			"[--qd N] [--time S]\n");
+		return 2;
+	}
+	path = argv[1];
+	cmd = argv[2];
+	for (int i = 3; i < argc; i++) {
+		if (!strcmp(argv[i], "--queues") && i + 1 < argc)
+			nq = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--num") && i + 1 < argc)
+			ring_num = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--bs") && i + 1 < argc)
+			bench_bs = (uint32_t)parse_size(argv[++i]);
+		else if (!strcmp(argv[i], "--qd") && i + 1 < argc)
+			bench_qd = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--time") && i + 1 < argc)
+			bench_time = atof(argv[++i]);
+		else if (!strcmp(argv[i], "--rw") && i + 1 < argc) {
+			const char *r = argv[++i];
+			bench_rw = !strcmp(r, "randread")    ? 0
+				   : !strcmp(r, "randwrite") ? 1
+				   : !strcmp(r, "read")	     ? 2
+							     : 3;
+		} else if (npos < 8)
+			pos[npos++] = argv[i];
+	}
+	if (nq < 1 || nq > MAX_Q || ring_num < 4 || ring_num > 32768 || (ring_num & (ring_num - 1)))
+		die("bad --queues or --num");
+	if (bench_bs > SLOT_BUF || bench_bs < 512)
+		die("--bs must be between 512 and 1M");
+	{
+		unsigned slots = ring_num / 3;
+		if (strcmp(cmd, "bench"))
+			slots = 2;
+		else if (bench_qd < slots)
+			slots = bench_qd;
+		connect_and_map(path, (size_t)nq * (slots + 1) * SLOT_BUF + (size_t)nq * 65536);
+		/* only the first `slots` slots of each queue get buffers: shrink nslots */
+		setup(slots);
+	}
+	if (!strcmp(cmd, "info"))
+		return cmd_info();
+	if (!strcmp(cmd, "verify"))
+		return cmd_verify();
+	if (!strcmp(cmd, "hostile"))
+		return cmd_hostile();
+	if (!strcmp(cmd, "bench"))
+		return cmd_bench();
+	if ((!strcmp(cmd, "write") || !strcmp(cmd, "read")) && npos == 3)
+		return cmd_rw(cmd[0] == 'w', parse_size(pos[0]), parse_size(pos[1]), pos[2]);
+	if (!strcmp(cmd, "flush"))
+		return sync_req(0, VIRTIO_BLK_T_FLUSH, 0, 0, false) ? 1 : 0;
+	if ((!strcmp(cmd, "discard") || !strcmp(cmd, "zero") || !strcmp(cmd, "zero-unmap")) &&
+	    npos == 2) {
+		int st =
+		    range_req(0, cmd[0] == 'd' ? VIRTIO_BLK_T_DISCARD : VIRTIO_BLK_T_WRITE_ZEROES,
+			      parse_size(pos[0]), parse_size(pos[1]),
+			      !strcmp(cmd, "zero-unmap") ? VIRTIO_BLK_WZ_F_UNMAP : 0);
+		printf("%s: status %d\n", cmd, st);
+		return st ? 1 : 0;
+	}
+	die("unknown command or wrong arguments: %s", cmd);
+}
