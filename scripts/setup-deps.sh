@@ -15,6 +15,10 @@ PACKAGES=(
 	libclang-rt-14-dev
 	# tests and benchmarks: NBD clients and peer servers
 	libnbd-bin python3-libnbd qemu-utils qemu-system-common nbdkit fio python3 jq
+	# vhost-user-blk guest tests: QEMU under TCG, a busybox initramfs
+	qemu-system-x86 busybox-static cpio
+	# storage pools: libvirt XML (libxml2); fs, disk and logical pools' tools
+	libxml2-dev e2fsprogs xfsprogs fdisk parted lvm2
 )
 
 if [ "${BD_SKIP_DEPS:-0}" = 1 ]; then
