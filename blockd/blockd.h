@@ -300,6 +300,7 @@ enum bd_opt_type {
 	BD_OPT_ENUM,
 	BD_OPT_CHILD, /* a node: a node-name string or an inline node object */
 	BD_OPT_OBJ,
+	BD_OPT_STR_LIST, /* a list of strings ("x.0=a,x.1=b" on the command line) */
 };
 struct bd_opt_desc {
 	const char *name;
@@ -483,6 +484,9 @@ int bd_object_del(const char *id, struct bd_err *err);
  */
 struct bd_export_type {
 	const char *name; /* "nbd", "vhost-user-blk" */
+	/* The type's own options beyond the common ones (type, id, node-name, writable,
+	 * writethrough, iothread, fixed-iothread): the QMP schema and docs come from here. */
+	const struct bd_opt_desc *options;
 	/* [control] opts has id, node-name, writable, iothread, ... */
 	int (*add)(json_t *opts, struct bd_err *err);
 	/* [control] hard: drop clients now; else -EBUSY while clients are connected. */

@@ -503,21 +503,6 @@ static const struct qmp_member export_base[] = {
 	{NULL},
 };
 
-static const struct bd_opt_desc nbd_export_opts[] = {
-	{"name", BD_OPT_STR, false, NULL, "export name (default: the node name)"},
-	{"description", BD_OPT_STR, false, NULL, "free text shown to clients"},
-	{"bitmaps", BD_OPT_OBJ, false, NULL, "dirty bitmaps to expose (not supported yet)"},
-	{"allocation-depth", BD_OPT_BOOL, false, NULL,
-	 "expose the qemu:allocation-depth metadata context"},
-	{NULL},
-};
-static const struct bd_opt_desc vhost_export_opts[] = {
-	{"addr", BD_OPT_OBJ, true, NULL, "the vhost-user socket (SocketAddress)"},
-	{"logical-block-size", BD_OPT_SIZE, false, NULL, "logical block size"},
-	{"num-queues", BD_OPT_INT, false, NULL, "number of virtqueues"},
-	{NULL},
-};
-
 static size_t count_export_types(void)
 {
 	size_t n = 0;
@@ -531,12 +516,7 @@ static const char *export_type_name(size_t i)
 }
 static const struct bd_opt_desc *export_type_opts(size_t i)
 {
-	const char *n = bd_export_type_table[i]->name;
-	if (!strcmp(n, "nbd"))
-		return nbd_export_opts;
-	if (!strcmp(n, "vhost-user-blk"))
-		return vhost_export_opts;
-	return NULL;
+	return bd_export_type_table[i]->options;
 }
 
 static struct qmp_type *build_export_options(void)

@@ -557,6 +557,8 @@ const struct qmp_type *qmp_opt_type(const struct bd_opt_desc *o, struct qmp_type
 		return scratch;
 	case BD_OPT_OBJ:
 		return &qmp_t_dict;
+	case BD_OPT_STR_LIST:
+		return &qmp_t_str_list;
 	}
 	return &qmp_t_any;
 }

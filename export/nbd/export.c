@@ -310,8 +310,18 @@ static void nbd_query(json_t *list)
 	}
 }
 
+static const struct bd_opt_desc nbd_export_options[] = {
+	{"name", BD_OPT_STR, false, NULL, "export name (default: the node name)"},
+	{"description", BD_OPT_STR, false, NULL, "free text shown to clients"},
+	{"bitmaps", BD_OPT_OBJ, false, NULL, "dirty bitmaps to expose (not supported yet)"},
+	{"allocation-depth", BD_OPT_BOOL, false, NULL,
+	 "expose the qemu:allocation-depth metadata context"},
+	{NULL},
+};
+
 const struct bd_export_type bd_export_nbd = {
     .name = "nbd",
+    .options = nbd_export_options,
     .add = nbd_add,
     .del = nbd_del,
     .shutdown = nbd_shutdown,

@@ -40,6 +40,14 @@ print("del:", x({"execute": "block-export-del", "arguments": {"id": "v"}}))
 print("query-after:", x({"execute": "query-block-exports"}))
 time.sleep(0.2)
 x({"execute": "query-block-exports"})
+# serial and the iothreads list (a blockd extension) reach the export through QMP too
+print("add2:", x({"execute": "block-export-add", "arguments": {"type": "vhost-user-blk",
+   "id": "v2", "node-name": "f", "addr": {"type": "unix", "path": vsock + "2"},
+   "serial": "bd-serial-7", "iothreads": ["a"], "num-queues": 2}}))
+print("bad-iothreads:", x({"execute": "block-export-add", "arguments": {"type": "vhost-user-blk",
+   "id": "v3", "node-name": "f", "addr": {"type": "unix", "path": vsock + "3"},
+   "iothreads": "a"}}))
+print("del2:", x({"execute": "block-export-del", "arguments": {"id": "v2"}}))
 print("events:", events)
 PY
 )
@@ -52,5 +60,8 @@ assert_contains "$out" "verify: VERIFY OK"
 assert_contains "$out" "del: {'return': {}}"
 assert_contains "$out" "query-after: {'return': []}"
 assert_contains "$out" "BLOCK_EXPORT_DELETED"
+assert_contains "$out" "add2: {'return': {}}"
+assert_contains "$out" "bad-iothreads: {'error': {'class': 'GenericError'"
+assert_contains "$out" "del2: {'return': {}}"
 assert_not_exists "$T/v.sock"
 bd_stop
