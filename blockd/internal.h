@@ -72,6 +72,7 @@ struct bd_chan {
 	struct bd_defer retry_defer;
 	uint64_t inflight; /* top-level requests */
 	struct bd_node_stats stats;
+	uint64_t last_io_error_ns; /* BLOCK_IO_ERROR rate limit */
 	void *priv;
 };
 

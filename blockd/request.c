@@ -113,6 +113,36 @@ void bd_chan_free_all(struct bd_chan *ch)
 
 /* ---- completion ---- */
 
+/* A request a client sent failed in the storage (not a refused request): tell the control
+ * socket, at most once a second per node and loop, as QEMU throttles the event.  Only nodes
+ * without parents report: the layers below fail the same request. */
+static void report_io_error(struct bd_chan *ch, enum bd_op op, int ret)
+{
+	uint64_t now;
+
+	switch (ret) {
+	case -EINVAL:
+	case -EPERM:
+	case -ENOTSUP:
+	case -ECANCELED:
+	case -ESHUTDOWN:
+		return;
+	}
+	if (op == BD_OP_BLOCK_STATUS || op == BD_OP_CACHE)
+		return;
+	if (ch->node->parents)
+		return; /* reported once, by the node the client uses */
+	now = bd_now_ns();
+	if (ch->last_io_error_ns && now - ch->last_io_error_ns < 1000000000ull)
+		return;
+	ch->last_io_error_ns = now;
+	bd_event_emit("BLOCK_IO_ERROR",
+		      json_pack("{s:s,s:s,s:s,s:s,s:b,s:s}", "device", "", "node-name",
+				ch->node->name, "operation", op == BD_OP_READ ? "read" : "write",
+				"action", "report", "nospace", ret == -ENOSPC, "reason",
+				strerror(-ret)));
+}
+
 static void finish(struct bd_req *req, int ret)
 {
 	struct bd_chan *ch = req->chan;
@@ -127,8 +157,10 @@ static void finish(struct bd_req *req, int ret)
 		req->top = false;
 		ch->inflight--;
 		ch->stats.ops[op]++;
-		if (ret < 0)
+		if (ret < 0) {
 			ch->stats.errors[op]++;
+			report_io_error(ch, op, ret);
+		}
 		else if (op != BD_OP_FLUSH && op != BD_OP_BLOCK_STATUS)
 			ch->stats.bytes[op] += req->len;
 		ch->stats.total_ns[op] += bd_now_ns() - req->start_ns;
