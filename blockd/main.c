@@ -8,6 +8,7 @@
  */
 #include "blockd/internal.h"
 #include "export/nbd/nbd.h"
+#include "pools/pools.h" /* pools: state directory, start-up and shutdown */
 #include "qmp-like/qmp.h"
 
 #include <fcntl.h>
@@ -32,6 +33,7 @@ enum {
 	OPT_OBJECT,
 	OPT_PIDFILE,
 	OPT_LOG_LEVEL,
+	OPT_STATE_DIR, /* pools */
 };
 
 static const struct option long_options[] = {
@@ -48,6 +50,7 @@ static const struct option long_options[] = {
 	{"object", required_argument, NULL, OPT_OBJECT},
 	{"pidfile", required_argument, NULL, OPT_PIDFILE},
 	{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+	{"state-dir", required_argument, NULL, OPT_STATE_DIR}, /* pools */
 	{NULL, 0, NULL, 0},
 };
 
@@ -75,10 +78,14 @@ static const char usage_text[] =
 	"  --pidfile PATH             write the pid once everything is ready\n"
 	"  --daemonize                detach once everything is ready\n"
 	"  --log-level error|warning|info|debug\n"
+	"  --state-dir DIR            storage pool definitions (default /var/lib/blockd)\n"
 	"\n"
 	"Documentation: docs/user-guide.md\n";
 
 static const char *pidfile_path;
+/* pools: the state directory (--state-dir) and whether it was given explicitly */
+static const char *state_dir = "/var/lib/blockd";
+static bool state_dir_given;
 static bool pidfile_written;
 static int daemon_pipe = -1;
 
@@ -193,6 +200,7 @@ static void shutdown_all(void)
 
 	bd_graph_release_held();
 	bd_qmp_shutdown();
+	bd_pools_shutdown(); /* pools */
 	bd_exports_shutdown();
 	bd_nbd_server_stop();
 	for (struct bd_node *n = bd_graph_next(NULL); n; n = bd_graph_next(n)) {
@@ -303,6 +311,10 @@ int main(int argc, char **argv)
 		case OPT_PIDFILE:
 			pidfile_path = optarg;
 			break;
+		case OPT_STATE_DIR: /* pools */
+			state_dir = optarg;
+			state_dir_given = true;
+			break;
 		case OPT_LOG_LEVEL: {
 			static const char *const lv[] = {"error", "warning", "info", "debug", NULL};
 			int i;
@@ -382,6 +394,20 @@ int main(int argc, char **argv)
 		}
 	}
 	free(actions);
+
+	/* pools: load the definitions and start the autostart pools (begin) */
+	bd_err_clear(&err);
+	if (bd_pools_init(state_dir, &err) < 0) {
+		if (state_dir_given) {
+			fprintf(stderr, "blockd: --state-dir %s: %s\n", state_dir, err.msg);
+			shutdown_all();
+			daemonize_finish(false);
+			close(sigwatch.fd);
+			return 1;
+		}
+		bd_log(BD_LOG_WARN, "storage pools disabled: %s", err.msg);
+	}
+	/* pools (end) */
 
 	if (pidfile_path && write_pidfile(pidfile_path, &err) < 0) {
 		fprintf(stderr, "blockd: --pidfile: %s\n", err.msg);

@@ -37,6 +37,27 @@ struct ctx {
 
 static const char *prog = "blockctl";
 
+/* pools: the storage pool and volume verbs live in blockctl-pool.c */
+struct bctl_pool_verb {
+	const char *name;
+	const char *group;
+	const char *usage;
+	const char *summary;
+	const char *help;
+	int (*fn)(struct ctx *c, json_t *a);
+	const char *const *pos;
+	const char *const *opts;
+	int required;
+};
+const struct bctl_pool_verb *bctl_pool_verb_find(const char *name);
+const struct bctl_pool_verb *bctl_pool_verb_at(size_t i);
+int bctl_pool_run(struct ctx *c, const struct bctl_pool_verb *v, int argc, char **argv);
+json_t *bctl_execute(struct ctx *c, const char *cmd, json_t *args);
+json_t *bctl_wait_event(struct ctx *c, const char *name, json_int_t job);
+bool bctl_json(struct ctx *c);
+void bctl_print_json(json_t *v);
+void bctl_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...)
 {
@@ -183,6 +204,50 @@ static void print_json(json_t *v)
 		puts(text);
 		free(text);
 	}
+}
+
+/* pools: the helpers blockctl-pool.c uses */
+json_t *bctl_execute(struct ctx *c, const char *cmd, json_t *args)
+{
+	return execute(c, cmd, args);
+}
+
+/* The data of the next event name whose "job" member is job (new reference). */
+json_t *bctl_wait_event(struct ctx *c, const char *name, json_int_t job)
+{
+	for (;;) {
+		json_t *m = read_msg(c);
+		const char *ev = json_string_value(json_object_get(m, "event"));
+		json_t *data = json_object_get(m, "data");
+		if (ev && !strcmp(ev, name) &&
+		    json_integer_value(json_object_get(data, "job")) == job) {
+			json_incref(data);
+			json_decref(m);
+			return data;
+		}
+		json_decref(m);
+	}
+}
+
+bool bctl_json(struct ctx *c)
+{
+	return c->json;
+}
+
+void bctl_print_json(json_t *v)
+{
+	print_json(v);
+}
+
+void bctl_die(int code, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "%s: error: ", prog);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(code);
 }
 
 struct table {
@@ -813,6 +878,15 @@ static void usage(FILE *out)
 		}
 		fprintf(out, "    %-14s %s\n", v->name, v->summary);
 	}
+	/* pools */
+	for (size_t i = 0; bctl_pool_verb_at(i); i++) {
+		const struct bctl_pool_verb *v = bctl_pool_verb_at(i);
+		if (!group || strcmp(group, v->group)) {
+			group = v->group;
+			fprintf(out, "\n %s:\n", group);
+		}
+		fprintf(out, "    %-14s %s\n", v->name, v->summary);
+	}
 	fprintf(out, "\n'%s help VERB' or '%s VERB --help' explains a verb.  Listing verbs "
 		     "accept --json.\n",
 		prog, prog);
@@ -826,11 +900,11 @@ static const struct verb *verb_find(const char *name)
 	return NULL;
 }
 
-static void verb_help(const struct verb *v)
+static void verb_help_text(const char *usage, const char *summary, const char *help)
 {
-	printf("Usage: %s [global options] %s\n\n  %s.\n\n", prog, v->usage, v->summary);
+	printf("Usage: %s [global options] %s\n\n  %s.\n\n", prog, usage, summary);
 	/* wrap the help at 76 columns */
-	const char *p = v->help;
+	const char *p = help;
 	while (*p) {
 		size_t n = strlen(p);
 		if (n > 74) {
@@ -847,6 +921,11 @@ static void verb_help(const struct verb *v)
 	}
 }
 
+static void verb_help(const struct verb *v)
+{
+	verb_help_text(v->usage, v->summary, v->help);
+}
+
 static int v_help(struct ctx *c, int argc, char **argv)
 {
 	if (argc == 0) {
@@ -854,6 +933,11 @@ static int v_help(struct ctx *c, int argc, char **argv)
 		return 0;
 	}
 	const struct verb *v = verb_find(argv[0]);
+	const struct bctl_pool_verb *pv = bctl_pool_verb_find(argv[0]); /* pools */
+	if (pv) {
+		verb_help_text(pv->usage, pv->summary, pv->help);
+		return 0;
+	}
 	if (!v)
 		die(2, "unknown verb '%s'; see '%s help'", argv[0], prog);
 	verb_help(v);
@@ -905,6 +989,32 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const struct verb *v = verb_find(argv[optind]);
+	const struct bctl_pool_verb *pv = v ? NULL : bctl_pool_verb_find(argv[optind]);
+	if (pv) { /* pools: virsh-style verbs parse their own arguments */
+		for (int i = optind + 1; i < argc; i++)
+			if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+				verb_help_text(pv->usage, pv->summary, pv->help);
+				return 0;
+			}
+		int n = 0;
+		char **pargv = calloc((size_t)argc + 1, sizeof(char *));
+		if (!pargv)
+			die(1, "out of memory");
+		for (int i = optind + 1; i < argc; i++) {
+			if (!strcmp(argv[i], "--json"))
+				c.json = true;
+			else
+				pargv[n++] = argv[i];
+		}
+		connect_socket(&c);
+		int pr = bctl_pool_run(&c, pv, n, pargv);
+		free(pargv);
+		json_decref(c.schema);
+		free(c.buf);
+		if (c.fd >= 0)
+			close(c.fd);
+		return pr;
+	}
 	if (!v)
 		die(2, "unknown verb '%s'; see '%s --help'", argv[optind], prog);
 	/* The verb's own arguments: --help and --json anywhere, the rest positional. */

@@ -175,5 +175,23 @@ const struct qmp_event_desc qmp_events[] = {
 						"its new status"})},
 	 "A job (blockdev-create) changed status: created, running, waiting, pending, concluded "
 	 "(aborting before concluded on failure or cancel), and null after job-dismiss."},
+	/* pools: libvirt's storage pool lifecycle events */
+	{"POOL_LIFECYCLE",
+	 &(const struct qmp_type){
+		 .kind = QK_OBJECT,
+		 .members = M({"pool", &qmp_t_str, false, "the pool's name"},
+			      {"uuid", &qmp_t_str, false, "the pool's UUID"},
+			      {"event", &qmp_t_str, false,
+			       "Defined, Undefined, Started, Stopped, Created (built) or Deleted"})},
+	 "A storage pool's lifecycle changed (libvirt's VIR_STORAGE_POOL_EVENT_* names)."},
+	{"POOL_VOLUME_JOB_COMPLETED",
+	 &(const struct qmp_type){
+		 .kind = QK_OBJECT,
+		 .members = M({"job", &qmp_t_int, false, "the number the command returned"},
+			      {"pool", &qmp_t_str, false, "the pool"},
+			      {"vol", &qmp_t_str, false, "the volume"},
+			      {"operation", &qmp_t_str, false, "wipe, upload or download"},
+			      {"error", &qmp_t_str, true, "why it failed (absent on success)"})},
+	 "A vol-wipe, vol-upload or vol-download run with async finished."},
 	{NULL},
 };

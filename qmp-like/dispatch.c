@@ -11,12 +11,13 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Every command table; the pools module adds its table here. */
+/* Every command table. */
 const struct qmp_cmd *const qmp_cmd_tables[] = {
 	qmp_cmds_control,
 	qmp_cmds_block,
 	qmp_cmds_job,
 	qmp_cmds_object,
+	qmp_cmds_pool,
 	NULL,
 };
 

@@ -141,9 +141,10 @@ struct qmp_event_desc {
 	const char *help;
 };
 
-/* The command tables, one per file, each terminated by a zero entry.  The pools module adds
- * its own table to qmp_cmd_tables[] (dispatch.c) and its events to qmp_event_tables[]. */
+/* The command tables, one per file, each terminated by a zero entry, all listed in
+ * qmp_cmd_tables[] (dispatch.c); events are listed in qmp_events[] (cmd-control.c). */
 extern const struct qmp_cmd qmp_cmds_control[];
+extern const struct qmp_cmd qmp_cmds_pool[];
 extern const struct qmp_cmd qmp_cmds_block[];
 extern const struct qmp_cmd qmp_cmds_object[];
 extern const struct qmp_cmd qmp_cmds_job[];

@@ -90,6 +90,19 @@ tcp=(--nbd-server "addr.type=inet,addr.host=127.0.0.1,addr.port=$port")
 unix=(--nbd-server "addr.type=unix,addr.path=$sock")
 export_opt=(--export type=nbd,id=default,node-name=default,name=default,writable=on)
 
+# pools (begin): the state directory ./var keeps storage pool definitions; on first run it
+# gets the "default" dir pool (./var/pools/default, autostarted).  Manage pools with
+#   blockctl --socket var/control.sock pool-list --all   (vol-list default, vol-create-as ...)
+if [ ! -e var/pools/default.xml ]; then
+	mkdir -p var/pools/autostart var/pools/default
+	printf "<pool type='dir'>\n  <name>default</name>\n  <target>\n    <path>%s</path>\n  </target>\n</pool>\n" \
+		"$root/var/pools/default" >var/pools/.default.xml.tmp
+	mv var/pools/.default.xml.tmp var/pools/default.xml
+	echo default >var/pools/autostart/default
+fi
+common+=(--state-dir "$root/var" --control "$root/var/control.sock")
+# pools (end)
+
 # --nbd-server twice: one listener on TCP, one on the unix socket, the same export on both.
 start "${common[@]}" "${tcp[@]}" "${unix[@]}" "${export_opt[@]}" "$@" || {
 	echo "run-default: blockd failed to start" >&2

@@ -1,0 +1,1140 @@
+/*
+ * pool.c - the pool registry: persistent definitions in the state directory, the pool
+ * lifecycle (define, build, start, destroy, delete, undefine, autostart, refresh), the dir and
+ * fs backends, POOL_LIFECYCLE events and the pool queries.  [control thread]
+ *
+ * State directory layout (--state-dir, default /var/lib/blockd):
+ *   pools/NAME.xml            one persistent pool definition each (libvirt's pool XML)
+ *   pools/autostart/NAME      marker: the pool is started when the daemon starts
+ * Every file is written atomically: temporary file, fsync, rename, fsync of the directory.
+ */
+#include "pools/pools-int.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static struct pool *pools;
+static char *state_dir; /* STATE/pools */
+static char *auto_dir;	/* STATE/pools/autostart */
+
+const char *bd_pool_state_name(enum pool_state s)
+{
+	static const char *const names[] = {"inactive", "building", "running", "degraded",
+					    "inaccessible"};
+	return names[s];
+}
+
+static void emit(struct pool *p, const char *event)
+{
+	bd_event_emit("POOL_LIFECYCLE", json_pack("{s:s,s:s,s:s}", "pool", p->def->name, "uuid",
+						  p->def->uuid, "event", event));
+}
+
+/* ---- helpers ---- */
+
+/* Append up to what fits of r bytes to out (NUL terminated, outlen > 0). */
+static void collect(char *out, size_t outlen, size_t *n, const char *data, size_t r)
+{
+	if (!out || !outlen)
+		return;
+	if (r > outlen - 1 - *n)
+		r = outlen - 1 - *n;
+	memcpy(out + *n, data, r);
+	*n += r;
+	out[*n] = '\0';
+}
+
+static void trim(char *out, size_t n)
+{
+	while (n && (out[n - 1] == '\n' || out[n - 1] == ' '))
+		out[--n] = '\0';
+}
+
+int bd_pool_run2(const char *const argv[], char *out, size_t outlen, char *errout, size_t errlen)
+{
+	int po[2], pe[2] = {-1, -1};
+	pid_t pid;
+	int st;
+	size_t n = 0, ne = 0;
+
+	if (out && outlen)
+		out[0] = '\0';
+	if (errout && errlen)
+		errout[0] = '\0';
+	if (pipe2(po, O_CLOEXEC) < 0)
+		return -errno;
+	if (errout && pipe2(pe, O_CLOEXEC) < 0) {
+		int e = errno;
+		close(po[0]);
+		close(po[1]);
+		return -e;
+	}
+	pid = fork();
+	if (pid < 0) {
+		int e = errno;
+		close(po[0]);
+		close(po[1]);
+		if (pe[0] >= 0) {
+			close(pe[0]);
+			close(pe[1]);
+		}
+		return -e;
+	}
+	if (pid == 0) {
+		sigset_t all;
+		sigemptyset(&all);
+		sigprocmask(SIG_SETMASK, &all, NULL);
+		int nul = open("/dev/null", O_RDONLY);
+		if (nul >= 0)
+			dup2(nul, 0);
+		dup2(po[1], 1);
+		dup2(pe[1] >= 0 ? pe[1] : po[1], 2);
+		setenv("LVM_SUPPRESS_FD_WARNINGS", "1", 1);
+		execvp(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	close(po[1]);
+	if (pe[1] >= 0)
+		close(pe[1]);
+	struct pollfd pfd[2] = {{.fd = po[0], .events = POLLIN}, {.fd = pe[0], .events = POLLIN}};
+	int open_fds = pe[0] >= 0 ? 2 : 1;
+	while (open_fds) {
+		char tmp[4096];
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		for (int i = 0; i < 2; i++) {
+			if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			ssize_t r = read(pfd[i].fd, tmp, sizeof(tmp));
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0) {
+				close(pfd[i].fd);
+				pfd[i].fd = -1;
+				open_fds--;
+				continue;
+			}
+			if (i == 0)
+				collect(out, outlen, &n, tmp, (size_t)r);
+			else
+				collect(errout, errlen, &ne, tmp, (size_t)r);
+		}
+	}
+	if (out && outlen)
+		trim(out, n);
+	if (errout && errlen)
+		trim(errout, ne);
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	if (WIFEXITED(st))
+		return WEXITSTATUS(st) == 127 ? -ENOENT : WEXITSTATUS(st);
+	return 128 + WTERMSIG(st);
+}
+
+int bd_pool_run(const char *const argv[], char *out, size_t outlen)
+{
+	return bd_pool_run2(argv, out, outlen, NULL, 0);
+}
+
+static int run_checked(const char *const argv[], struct bd_err *err)
+{
+	char out[1024];
+	int r = bd_pool_run(argv, out, sizeof(out));
+	if (r == -ENOENT)
+		return bd_err_set(err, -ENOENT, "cannot run '%s': not installed", argv[0]);
+	if (r < 0)
+		return bd_err_set(err, r, "cannot run '%s': %s", argv[0], strerror(-r));
+	if (r > 0) {
+		char *nl;
+		while ((nl = strchr(out, '\n')))
+			*nl = ' ';
+		return bd_err_set(err, -EIO, "'%s' failed (status %d): %s", argv[0], r, out);
+	}
+	return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = fsync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return r;
+}
+
+static int write_atomic(const char *dir, const char *name, const char *data, struct bd_err *err)
+{
+	char path[4096], tmp[4096];
+	size_t len = strlen(data), off = 0;
+	int fd, e;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return bd_err_set(err, -errno, "cannot write '%s': %s", tmp, strerror(errno));
+	while (off < len) {
+		ssize_t n = write(fd, data + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			goto fail;
+		off += (size_t)n;
+	}
+	if (fsync(fd) < 0)
+		goto fail;
+	close(fd);
+	if (rename(tmp, path) < 0) {
+		e = errno;
+		unlink(tmp);
+		return bd_err_set(err, -e, "cannot rename '%s': %s", tmp, strerror(e));
+	}
+	fsync_dir(dir);
+	return 0;
+fail:
+	e = errno;
+	close(fd);
+	unlink(tmp);
+	return bd_err_set(err, -e, "cannot write '%s': %s", tmp, strerror(e));
+}
+
+static int remove_durable(const char *dir, const char *name)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if (unlink(path) < 0 && errno != ENOENT)
+		return -errno;
+	fsync_dir(dir);
+	return 0;
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+	char buf[4096];
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, mode) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static void gen_uuid(char out[37])
+{
+	unsigned char b[16];
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || read(fd, b, sizeof(b)) != (ssize_t)sizeof(b)) {
+		for (int i = 0; i < 16; i++)
+			b[i] = (unsigned char)(rand() ^ (int)bd_now_ns());
+	}
+	if (fd >= 0)
+		close(fd);
+	b[6] = (b[6] & 0x0f) | 0x40;
+	b[8] = (b[8] & 0x3f) | 0x80;
+	snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+		 b[13], b[14], b[15]);
+}
+
+static const struct pool_backend *backend_for(const char *type)
+{
+	if (!strcmp(type, "dir"))
+		return &bd_pool_backend_dir;
+	if (!strcmp(type, "fs"))
+		return &bd_pool_backend_fs;
+	if (!strcmp(type, "disk"))
+		return &bd_pool_backend_disk;
+	if (!strcmp(type, "logical"))
+		return &bd_pool_backend_logical;
+	return NULL;
+}
+
+static struct pool *find_pool(const char *key)
+{
+	char canon[37];
+	for (struct pool *p = pools; p; p = p->next)
+		if (!strcmp(p->def->name, key))
+			return p;
+	if (bd_uuid_parse(key, canon) == 0)
+		for (struct pool *p = pools; p; p = p->next)
+			if (!strcmp(p->def->uuid, canon))
+				return p;
+	return NULL;
+}
+
+static struct pool *lookup(const char *key, struct bd_err *err)
+{
+	struct pool *p = key ? find_pool(key) : NULL;
+	if (!p)
+		bd_err_set(err, -ENOENT,
+			   "Storage pool not found: no storage pool with matching name "
+			   "or uuid '%s'",
+			   key ? key : "");
+	return p;
+}
+
+static int save_def(struct pool *p, struct bd_err *err)
+{
+	char name[300];
+	char *xml;
+	int r;
+	if (!state_dir)
+		return bd_err_set(err, -ENOTSUP,
+				  "persistent storage pools are disabled: no state directory");
+	xml = bd_pool_def_format(p->def, false);
+	if (!xml)
+		return bd_err_set(err, -ENOMEM, "out of memory");
+	snprintf(name, sizeof(name), "%s.xml", p->def->name);
+	r = write_atomic(state_dir, name, xml, err);
+	free(xml);
+	return r;
+}
+
+static int save_autostart(struct pool *p, struct bd_err *err)
+{
+	if (!auto_dir)
+		return bd_err_set(err, -ENOTSUP,
+				  "persistent storage pools are disabled: no state directory");
+	if (p->autostart)
+		return write_atomic(auto_dir, p->def->name, p->def->name, err);
+	int r = remove_durable(auto_dir, p->def->name);
+	if (r < 0)
+		return bd_err_set(err, r, "cannot remove autostart marker of '%s': %s",
+				  p->def->name, strerror(-r));
+	return 0;
+}
+
+static void pool_free(struct pool *p)
+{
+	bd_pool_vols_clear(p);
+	free(p->vols);
+	bd_pool_def_free(p->def);
+	free(p);
+}
+
+static void unlink_pool(struct pool *p)
+{
+	for (struct pool **pp = &pools; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	pool_free(p);
+}
+
+static void norm_path(const char *in, char *out, size_t len)
+{
+	char *rp = realpath(in, NULL);
+	snprintf(out, len, "%s", rp ? rp : in);
+	free(rp);
+	size_t l = strlen(out);
+	while (l > 1 && out[l - 1] == '/')
+		out[--l] = '\0';
+}
+
+/* Two pools must not share a directory, a device or a volume group. */
+static int check_duplicate(const struct bd_pool_def *d, const struct pool *self, struct bd_err *err)
+{
+	char a[4096], b[4096];
+	for (struct pool *p = pools; p; p = p->next) {
+		if (p == self)
+			continue;
+		const struct bd_pool_def *o = p->def;
+		bool file_a =
+		    !strcmp(d->type, "dir") || !strcmp(d->type, "fs") || !strcmp(d->type, "netfs");
+		bool file_b =
+		    !strcmp(o->type, "dir") || !strcmp(o->type, "fs") || !strcmp(o->type, "netfs");
+		if (file_a && file_b && d->target_path && o->target_path) {
+			norm_path(d->target_path, a, sizeof(a));
+			norm_path(o->target_path, b, sizeof(b));
+			if (!strcmp(a, b))
+				return bd_err_set(err, -EEXIST,
+						  "Storage source conflict with pool: '%s' (target "
+						  "path '%s' is already used)",
+						  o->name, a);
+		}
+		for (size_t i = 0; i < d->source.ndevices; i++)
+			for (size_t j = 0; j < o->source.ndevices; j++) {
+				norm_path(d->source.devices[i], a, sizeof(a));
+				norm_path(o->source.devices[j], b, sizeof(b));
+				if (!strcmp(a, b))
+					return bd_err_set(err, -EEXIST,
+							  "Storage source conflict with pool: '%s' "
+							  "(device '%s' is already used)",
+							  o->name, a);
+			}
+		if (!strcmp(d->type, "logical") && !strcmp(o->type, "logical") && d->source.name &&
+		    o->source.name && !strcmp(d->source.name, o->source.name))
+			return bd_err_set(err, -EEXIST,
+					  "Storage source conflict with pool: '%s' (volume group "
+					  "'%s')",
+					  o->name, d->source.name);
+	}
+	return 0;
+}
+
+/* Add or replace the definition def (consumed).  *out the pool. */
+static int add_def(struct bd_pool_def *def, bool persistent, struct pool **out, struct bd_err *err)
+{
+	struct pool *p = find_pool(def->name), *byuuid = NULL;
+	int r;
+
+	if (def->uuid[0])
+		for (struct pool *q = pools; q; q = q->next)
+			if (!strcmp(q->def->uuid, def->uuid))
+				byuuid = q;
+	if (byuuid && byuuid != p) {
+		r = bd_err_set(err, -EEXIST, "pool '%s' already exists with uuid %s",
+			       byuuid->def->name, def->uuid);
+		goto fail;
+	}
+	if (p && def->uuid[0] && strcmp(p->def->uuid, def->uuid)) {
+		r = bd_err_set(err, -EEXIST, "pool '%s' is already defined with uuid %s",
+			       p->def->name, p->def->uuid);
+		goto fail;
+	}
+	if (p && (p->state != POOL_INACTIVE || !persistent)) {
+		r = bd_err_set(err, -EBUSY, "pool '%s' already exists and is %s", p->def->name,
+			       p->state != POOL_INACTIVE ? "active" : "defined");
+		goto fail;
+	}
+	if ((r = check_duplicate(def, p, err)) < 0)
+		goto fail;
+	const struct pool_backend *be = backend_for(def->type);
+	if (!def->uuid[0]) {
+		if (p)
+			memcpy(def->uuid, p->def->uuid, sizeof(def->uuid));
+		else
+			gen_uuid(def->uuid);
+	}
+	if (!p) {
+		p = calloc(1, sizeof(*p));
+		if (!p) {
+			r = bd_err_set(err, -ENOMEM, "out of memory");
+			goto fail;
+		}
+		p->def = def;
+		/* keep the list in definition order; listing sorts by name */
+		struct pool **pp = &pools;
+		while (*pp)
+			pp = &(*pp)->next;
+		*pp = p;
+	} else {
+		bd_pool_def_free(p->def);
+		p->def = def;
+	}
+	p->be = be;
+	p->persistent = persistent;
+	if (be && be->check && (r = be->check(p, err)) < 0)
+		return r; /* keep the definition: it parsed; start will fail the same way */
+	*out = p;
+	return 0;
+fail:
+	bd_pool_def_free(def);
+	return r;
+}
+
+static int unsupported(struct pool *p, struct bd_err *err)
+{
+	return bd_err_set(
+	    err, -ENOTSUP,
+	    "storage pool type '%s' is not supported yet by blockd (supported: dir, "
+	    "fs, disk, logical); the pool '%s' can be defined but not built or started",
+	    p->def->type, p->def->name);
+}
+
+static void update_space(struct pool *p)
+{
+	struct statvfs sv;
+	if (p->def->target_path && statvfs(p->def->target_path, &sv) == 0) {
+		p->def->capacity = (uint64_t)sv.f_blocks * sv.f_frsize;
+		p->def->available = (uint64_t)sv.f_bavail * sv.f_frsize;
+		p->def->allocation = ((uint64_t)sv.f_blocks - sv.f_bfree) * sv.f_frsize;
+	}
+}
+
+/* ---- the dir backend ---- */
+
+static int dir_build(struct pool *p, enum bd_pool_build_mode mode, struct bd_err *err)
+{
+	const struct bd_pool_perms *pm = &p->def->perms;
+	mode_t m = pm->mode >= 0 ? (mode_t)pm->mode : 0711;
+	int r = mkdir_p(p->def->target_path, m);
+	if (r < 0)
+		return bd_err_set(err, r, "cannot create directory '%s': %s", p->def->target_path,
+				  strerror(-r));
+	if (pm->mode >= 0 && chmod(p->def->target_path, m) < 0)
+		return bd_err_set(err, -errno, "cannot set mode of '%s': %s", p->def->target_path,
+				  strerror(errno));
+	if ((pm->owner >= 0 || pm->group >= 0) &&
+	    chown(p->def->target_path, (uid_t)pm->owner, (gid_t)pm->group) < 0)
+		return bd_err_set(err, -errno, "cannot set owner of '%s': %s", p->def->target_path,
+				  strerror(errno));
+	return 0;
+}
+
+static int dir_start(struct pool *p, struct bd_err *err)
+{
+	struct stat st;
+	if (stat(p->def->target_path, &st) < 0)
+		return bd_err_set(err, -errno,
+				  "cannot open directory '%s': %s (build the pool "
+				  "first)",
+				  p->def->target_path, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return bd_err_set(err, -ENOTDIR, "'%s' is not a directory", p->def->target_path);
+	return 0;
+}
+
+static int dir_delete(struct pool *p, struct bd_err *err)
+{
+	if (rmdir(p->def->target_path) < 0 && errno != ENOENT)
+		return bd_err_set(err, -errno, "cannot remove directory '%s': %s",
+				  p->def->target_path, strerror(errno));
+	return 0;
+}
+
+static int dir_refresh(struct pool *p, struct bd_err *err)
+{
+	int r = bd_pool_dir_refresh(p, err);
+	update_space(p);
+	return r;
+}
+
+const struct pool_backend bd_pool_backend_dir = {
+    .type = "dir",
+    .buildable = true,
+    .file_vols = true,
+    .build = dir_build,
+    .start = dir_start,
+    .delete = dir_delete,
+    .refresh = dir_refresh,
+    .vol_create = bd_pool_dir_vol_create,
+    .vol_delete = bd_pool_dir_vol_delete,
+    .vol_resize = bd_pool_dir_vol_resize,
+};
+
+/* ---- the fs backend: a file system on a block device, mounted on the target ---- */
+
+static const char *fs_format(struct pool *p)
+{
+	const char *f = p->def->source.format;
+	return f && strcmp(f, "auto") ? f : NULL;
+}
+
+/* The file system type on dev ("" when none is found), or -errno. */
+static int probe_fs(const char *dev, char *out, size_t len, struct bd_err *err)
+{
+	const char *argv[] = {"blkid", "-p", "-o", "value", "-s", "TYPE", dev, NULL};
+	int r = bd_pool_run(argv, out, len);
+	if (r == -ENOENT)
+		return bd_err_set(err, -ENOENT, "cannot run 'blkid': not installed");
+	if (r == 2 || (r == 0 && !out[0])) {
+		/* no signature; blkid -p also reports partition tables as PTTYPE */
+		out[0] = '\0';
+		return 0;
+	}
+	if (r != 0)
+		return bd_err_set(err, -EIO, "cannot probe '%s': %s", dev, out);
+	return 0;
+}
+
+static bool fs_mounted(const char *target)
+{
+	char want[4096], line[8192];
+	bool found = false;
+	FILE *f = fopen("/proc/self/mounts", "re");
+	norm_path(target, want, sizeof(want));
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f)) {
+		char dev[4096], mnt[4096];
+		if (sscanf(line, "%4095s %4095s", dev, mnt) == 2 && !strcmp(mnt, want))
+			found = true;
+	}
+	fclose(f);
+	return found;
+}
+
+static int fs_build(struct pool *p, enum bd_pool_build_mode mode, struct bd_err *err)
+{
+	const char *dev = p->def->source.devices[0];
+	const char *fmt = fs_format(p) ? fs_format(p) : "ext4";
+	char found[256];
+	char mkfs[64];
+	int r;
+
+	if ((r = dir_build(p, mode, err)) < 0)
+		return r;
+	if (fs_mounted(p->def->target_path))
+		return bd_err_set(err, -EBUSY, "'%s' is mounted: destroy the pool before building",
+				  p->def->target_path);
+	if (mode != BD_BUILD_OVERWRITE) {
+		if ((r = probe_fs(dev, found, sizeof(found), err)) < 0)
+			return r;
+		if (found[0])
+			return bd_err_set(err, -EEXIST,
+					  "Storage pool already built: device '%s' already "
+					  "contains a '%s' file system (use overwrite to "
+					  "replace it)",
+					  dev, found);
+	}
+	snprintf(mkfs, sizeof(mkfs), "mkfs.%s", fmt);
+	if (!strcmp(fmt, "xfs")) {
+		const char *argv[] = {mkfs, "-q", "-f", dev, NULL};
+		return run_checked(argv, err);
+	}
+	if (!strncmp(fmt, "ext", 3)) {
+		const char *argv[] = {
+		    mkfs, "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", dev, NULL};
+		return run_checked(argv, err);
+	}
+	const char *argv[] = {mkfs, dev, NULL};
+	return run_checked(argv, err);
+}
+
+static int fs_start(struct pool *p, struct bd_err *err)
+{
+	int r;
+	if ((r = dir_start(p, err)) < 0)
+		return r;
+	if (fs_mounted(p->def->target_path))
+		return 0;
+	if (fs_format(p)) {
+		const char *argv[] = {
+		    "mount", "-t", fs_format(p), p->def->source.devices[0], p->def->target_path,
+		    NULL};
+		return run_checked(argv, err);
+	}
+	const char *argv[] = {"mount", p->def->source.devices[0], p->def->target_path, NULL};
+	return run_checked(argv, err);
+}
+
+static int fs_stop(struct pool *p, struct bd_err *err)
+{
+	if (!fs_mounted(p->def->target_path))
+		return 0;
+	const char *argv[] = {"umount", p->def->target_path, NULL};
+	return run_checked(argv, err);
+}
+
+const struct pool_backend bd_pool_backend_fs = {
+    .type = "fs",
+    .buildable = true,
+    .file_vols = true,
+    .build = fs_build,
+    .start = fs_start,
+    .stop = fs_stop,
+    .delete = dir_delete,
+    .refresh = dir_refresh,
+    .vol_create = bd_pool_dir_vol_create,
+    .vol_delete = bd_pool_dir_vol_delete,
+    .vol_resize = bd_pool_dir_vol_resize,
+};
+
+/* ---- lifecycle ---- */
+
+static int do_build(struct pool *p, enum bd_pool_build_mode mode, struct bd_err *err)
+{
+	if (!p->be)
+		return unsupported(p, err);
+	if (p->state != POOL_INACTIVE)
+		return bd_err_set(err, -EBUSY, "storage pool '%s' is already active", p->def->name);
+	if (!p->be->build)
+		return 0;
+	p->state = POOL_BUILDING;
+	int r = p->be->build(p, mode, err);
+	p->state = POOL_INACTIVE;
+	return r;
+}
+
+static int do_start(struct pool *p, struct bd_err *err)
+{
+	int r;
+	if (!p->be)
+		return unsupported(p, err);
+	if (p->state != POOL_INACTIVE)
+		return bd_err_set(err, -EBUSY, "storage pool '%s' is already active", p->def->name);
+	if (p->be->start && (r = p->be->start(p, err)) < 0)
+		return r;
+	p->state = POOL_RUNNING;
+	if (p->be->refresh && (r = p->be->refresh(p, err)) < 0) {
+		if (p->be->stop)
+			p->be->stop(p, NULL);
+		p->state = POOL_INACTIVE;
+		bd_pool_vols_clear(p);
+		return r;
+	}
+	return 0;
+}
+
+static int check_not_in_use(struct pool *p, struct bd_err *err)
+{
+	const char *node;
+	if (p->be && p->be->file_vols && p->def->target_path &&
+	    bd_pool_path_in_use(p->def->target_path, true, &node))
+		return bd_err_set(err, -EBUSY,
+				  "storage pool '%s' is in use: node '%s' has a volume of it open",
+				  p->def->name, node);
+	if (p->be && !p->be->file_vols) {
+		for (size_t i = 0; i < p->nvols; i++)
+			if (bd_pool_path_in_use(p->vols[i]->path, false, &node))
+				return bd_err_set(err, -EBUSY,
+						  "storage pool '%s' is in use: node '%s' has its "
+						  "volume '%s' open",
+						  p->def->name, node, p->vols[i]->name);
+		for (size_t i = 0; i < p->def->source.ndevices; i++)
+			if (bd_pool_path_in_use(p->def->source.devices[i], false, &node))
+				return bd_err_set(err, -EBUSY,
+						  "storage pool '%s' is in use: node '%s' uses its "
+						  "device '%s'",
+						  p->def->name, node, p->def->source.devices[i]);
+	}
+	return 0;
+}
+
+int bd_pool_define_xml(const char *xml, char **name_out, struct bd_err *err)
+{
+	struct bd_pool_def *def;
+	struct pool *p;
+	int r;
+	if ((r = bd_pool_def_parse(xml, strlen(xml), &def, err)) < 0)
+		return r;
+	bool existed = find_pool(def->name) != NULL;
+	if ((r = add_def(def, true, &p, err)) < 0)
+		return r;
+	if ((r = save_def(p, err)) < 0) {
+		if (!existed)
+			unlink_pool(p);
+		return r;
+	}
+	emit(p, "Defined");
+	if (name_out)
+		*name_out = strdup(p->def->name);
+	return 0;
+}
+
+int bd_pool_create_xml(const char *xml, bool build, enum bd_pool_build_mode mode, char **name_out,
+		       struct bd_err *err)
+{
+	struct bd_pool_def *def;
+	struct pool *p;
+	int r;
+	if ((r = bd_pool_def_parse(xml, strlen(xml), &def, err)) < 0)
+		return r;
+	if (find_pool(def->name)) {
+		r = bd_err_set(err, -EEXIST, "pool '%s' already exists", def->name);
+		bd_pool_def_free(def);
+		return r;
+	}
+	if ((r = add_def(def, false, &p, err)) < 0)
+		return r; /* add_def freed def and added nothing */
+	if ((build && (r = do_build(p, mode, err)) < 0) || (r = do_start(p, err)) < 0) {
+		unlink_pool(p);
+		return r;
+	}
+	emit(p, "Started");
+	if (name_out)
+		*name_out = strdup(p->def->name);
+	return 0;
+}
+
+int bd_pool_build(const char *key, enum bd_pool_build_mode mode, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	int r;
+	if (!p)
+		return err->code;
+	if ((r = do_build(p, mode, err)) < 0)
+		return bd_err_prefix(err, "pool '%s'", p->def->name);
+	emit(p, "Created");
+	return 0;
+}
+
+int bd_pool_start(const char *key, bool build, enum bd_pool_build_mode mode, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	int r;
+	if (!p)
+		return err->code;
+	if (build && (r = do_build(p, mode, err)) < 0)
+		return bd_err_prefix(err, "pool '%s'", p->def->name);
+	if (build)
+		emit(p, "Created");
+	if ((r = do_start(p, err)) < 0)
+		return bd_err_prefix(err, "pool '%s'", p->def->name);
+	emit(p, "Started");
+	return 0;
+}
+
+int bd_pool_destroy(const char *key, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	int r;
+	if (!p)
+		return err->code;
+	if (p->state == POOL_INACTIVE)
+		return bd_err_set(err, -EINVAL, "storage pool '%s' is not active", p->def->name);
+	if (bd_pool_has_tasks(p->def->name))
+		return bd_err_set(err, -EBUSY,
+				  "storage pool '%s' has volume operations in progress",
+				  p->def->name);
+	if ((r = check_not_in_use(p, err)) < 0)
+		return r;
+	if (p->be && p->be->stop && (r = p->be->stop(p, err)) < 0)
+		return bd_err_prefix(err, "pool '%s'", p->def->name);
+	p->state = POOL_INACTIVE;
+	bd_pool_vols_clear(p);
+	emit(p, "Stopped");
+	if (!p->persistent) {
+		emit(p, "Undefined");
+		unlink_pool(p);
+	}
+	return 0;
+}
+
+int bd_pool_delete(const char *key, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	int r;
+	if (!p)
+		return err->code;
+	if (!p->be)
+		return unsupported(p, err);
+	if (p->state != POOL_INACTIVE)
+		return bd_err_set(err, -EBUSY, "storage pool '%s' is still active", p->def->name);
+	if ((r = check_not_in_use(p, err)) < 0)
+		return r;
+	if (p->be->delete &&(r = p->be->delete (p, err)) < 0)
+		return bd_err_prefix(err, "pool '%s'", p->def->name);
+	emit(p, "Deleted");
+	return 0;
+}
+
+int bd_pool_undefine(const char *key, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	char name[300];
+	int r;
+	if (!p)
+		return err->code;
+	if (!p->persistent)
+		return bd_err_set(err, -EINVAL,
+				  "storage pool '%s' is transient: destroy it instead",
+				  p->def->name);
+	if (p->state != POOL_INACTIVE)
+		return bd_err_set(err, -EBUSY, "storage pool '%s' is still active", p->def->name);
+	if (state_dir) {
+		snprintf(name, sizeof(name), "%s.xml", p->def->name);
+		if ((r = remove_durable(state_dir, name)) < 0)
+			return bd_err_set(err, r, "cannot remove definition of '%s': %s",
+					  p->def->name, strerror(-r));
+		remove_durable(auto_dir, p->def->name);
+	}
+	emit(p, "Undefined");
+	unlink_pool(p);
+	return 0;
+}
+
+int bd_pool_set_autostart(const char *key, bool autostart, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	if (!p)
+		return err->code;
+	if (!p->persistent)
+		return bd_err_set(err, -EINVAL, "cannot set autostart for transient pool '%s'",
+				  p->def->name);
+	bool old = p->autostart;
+	p->autostart = autostart;
+	int r = save_autostart(p, err);
+	if (r < 0)
+		p->autostart = old;
+	return r;
+}
+
+int bd_pool_refresh(const char *key, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	int r;
+	if (!p)
+		return err->code;
+	if (p->state != POOL_RUNNING)
+		return bd_err_set(err, -EINVAL, "storage pool '%s' is not active", p->def->name);
+	if (!p->be->file_vols && bd_pool_has_tasks(p->def->name))
+		return bd_err_set(err, -EBUSY,
+				  "storage pool '%s' has volume operations in progress",
+				  p->def->name);
+	if (p->be->refresh && (r = p->be->refresh(p, err)) < 0)
+		return bd_err_prefix(err, "pool '%s'", p->def->name);
+	return 0;
+}
+
+/* ---- queries ---- */
+
+static json_t *pool_json(struct pool *p)
+{
+	json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b,s:b,s:b}", "name", p->def->name, "uuid",
+			      p->def->uuid, "type", p->def->type, "state",
+			      bd_pool_state_name(p->state), "active", p->state != POOL_INACTIVE,
+			      "persistent", p->persistent, "autostart", p->autostart);
+	if (p->state != POOL_INACTIVE) {
+		json_object_set_new(o, "capacity", json_integer((json_int_t)p->def->capacity));
+		json_object_set_new(o, "allocation", json_integer((json_int_t)p->def->allocation));
+		json_object_set_new(o, "available", json_integer((json_int_t)p->def->available));
+		json_object_set_new(o, "volumes", json_integer((json_int_t)p->nvols));
+	}
+	if (p->def->target_path)
+		json_object_set_new(o, "target", json_string(p->def->target_path));
+	json_object_set_new(o, "supported", json_boolean(p->be != NULL));
+	return o;
+}
+
+static int cmp_json_name(const void *a, const void *b)
+{
+	return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "name")),
+		      json_string_value(json_object_get(*(json_t *const *)b, "name")));
+}
+
+json_t *bd_pool_list(void)
+{
+	size_t n = 0, i = 0;
+	for (struct pool *p = pools; p; p = p->next)
+		n++;
+	json_t **arr = calloc(n + 1, sizeof(*arr)), *list = json_array();
+	for (struct pool *p = pools; p; p = p->next)
+		arr[i++] = pool_json(p);
+	qsort(arr, n, sizeof(*arr), cmp_json_name);
+	for (i = 0; i < n; i++)
+		json_array_append_new(list, arr[i]);
+	free(arr);
+	return list;
+}
+
+json_t *bd_pool_info(const char *key, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	return p ? pool_json(p) : NULL;
+}
+
+char *bd_pool_dumpxml(const char *key, bool inactive, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	if (!p)
+		return NULL;
+	char *x = bd_pool_def_format(p->def, !inactive);
+	if (!x)
+		bd_err_set(err, -ENOMEM, "out of memory");
+	return x;
+}
+
+json_t *bd_pool_capabilities(void)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	json_t *types = json_array();
+	fprintf(f, "<storagepoolCapabilities>\n");
+	for (int i = 0; bd_pool_types[i]; i++) {
+		const struct pool_backend *be = backend_for(bd_pool_types[i]);
+		fprintf(f, "  <pool type='%s' supported='%s'>\n", bd_pool_types[i],
+			be ? "yes" : "no");
+		if (be && !be->file_vols) {
+			if (!strcmp(bd_pool_types[i], "disk"))
+				fprintf(f,
+					"    <poolOptions>\n      <defaultFormat type='dos'/>\n"
+					"      <enum name='sourceFormatType'>\n"
+					"        <value>dos</value>\n        <value>gpt</value>\n"
+					"      </enum>\n    </poolOptions>\n");
+			else
+				fprintf(f, "    <poolOptions>\n      <defaultFormat type='lvm2'/>\n"
+					   "      <enum name='sourceFormatType'>\n"
+					   "        <value>lvm2</value>\n      </enum>\n"
+					   "    </poolOptions>\n");
+			fprintf(f,
+				"    <volOptions>\n      <defaultFormat type='none'/>\n"
+				"      <enum name='targetFormatType'>\n"
+				"        <value>none</value>\n      </enum>\n    </volOptions>\n");
+		} else if (be) {
+			if (!strcmp(bd_pool_types[i], "fs"))
+				fprintf(f,
+					"    <poolOptions>\n      <defaultFormat type='auto'/>\n"
+					"      <enum name='sourceFormatType'>\n"
+					"        <value>auto</value>\n        <value>ext2</value>\n"
+					"        <value>ext3</value>\n        <value>ext4</value>\n"
+					"        <value>xfs</value>\n        <value>btrfs</value>\n"
+					"      </enum>\n    </poolOptions>\n");
+			fprintf(f, "    <volOptions>\n      <defaultFormat type='raw'/>\n"
+				   "      <enum name='targetFormatType'>\n"
+				   "        <value>raw</value>\n        <value>qcow2</value>\n"
+				   "      </enum>\n    </volOptions>\n");
+		}
+		fprintf(f, "  </pool>\n");
+		json_array_append_new(types, json_pack("{s:s,s:b,s:b}", "type", bd_pool_types[i],
+						       "supported", be != NULL, "buildable",
+						       be ? be->buildable : false));
+	}
+	fprintf(f, "</storagepoolCapabilities>\n");
+	fclose(f);
+	json_t *o = json_pack("{s:s,s:o}", "xml", buf ? buf : "", "types", types);
+	free(buf);
+	return o;
+}
+
+char *bd_pool_find_sources(const char *type, const char *spec, struct bd_err *err)
+{
+	char out[65536];
+	if (!strcmp(type, "fs")) {
+		/* block devices carrying a file system, from blkid's cache-less probe */
+		const char *argv[] = {"blkid", "-c", "/dev/null", "-o", "device", NULL};
+		int r = bd_pool_run(argv, out, sizeof(out));
+		if (r < 0 || (r != 0 && r != 2)) {
+			bd_err_set(err, -EIO, "cannot list devices with blkid");
+			return NULL;
+		}
+		char *res = NULL;
+		size_t len = 0;
+		FILE *f = open_memstream(&res, &len);
+		fprintf(f, "<sources>\n");
+		for (char *save, *line = strtok_r(out, "\n", &save); line;
+		     line = strtok_r(NULL, "\n", &save)) {
+			char fmt[64];
+			if (probe_fs(line, fmt, sizeof(fmt), NULL) < 0 || !fmt[0])
+				continue;
+			fprintf(f, "  <source>\n    <device path='");
+			for (char *c = line; *c; c++)
+				if (*c == '\'' || *c == '&' || *c == '<')
+					fprintf(f, "&#%d;", *c);
+				else
+					fputc(*c, f);
+			fprintf(f, "'/>\n    <format type='%s'/>\n  </source>\n", fmt);
+		}
+		fprintf(f, "</sources>\n");
+		fclose(f);
+		return res;
+	}
+	if (!strcmp(type, "logical"))
+		return bd_pool_logical_find_sources(err);
+	bd_err_set(err, -ENOTSUP,
+		   "find-storage-pool-sources is not supported for pool type '%s' (supported: fs, "
+		   "logical)",
+		   type);
+	return NULL;
+}
+
+/* ---- volumes: lookups shared with vol.c are in vol.c; here the pool side ---- */
+
+struct pool *bd_pool_lookup_running(const char *key, struct bd_err *err)
+{
+	struct pool *p = lookup(key, err);
+	if (p && p->state != POOL_RUNNING) {
+		bd_err_set(err, -EINVAL, "storage pool '%s' is not active", p->def->name);
+		return NULL;
+	}
+	return p;
+}
+
+struct pool *bd_pool_first(void)
+{
+	return pools;
+}
+
+/* ---- start-up and shutdown ---- */
+
+int bd_pools_init(const char *dir, struct bd_err *err)
+{
+	char path[4096];
+	int r;
+	DIR *d;
+	struct dirent *de;
+
+	snprintf(path, sizeof(path), "%s/pools", dir);
+	if ((r = mkdir_p(path, 0700)) < 0)
+		return bd_err_set(err, r, "cannot create state directory '%s': %s", path,
+				  strerror(-r));
+	state_dir = strdup(path);
+	snprintf(path, sizeof(path), "%s/pools/autostart", dir);
+	if ((r = mkdir_p(path, 0700)) < 0)
+		return bd_err_set(err, r, "cannot create state directory '%s': %s", path,
+				  strerror(-r));
+	auto_dir = strdup(path);
+	d = opendir(state_dir);
+	if (!d)
+		return bd_err_set(err, -errno, "cannot open '%s': %s", state_dir, strerror(errno));
+	while ((de = readdir(d))) {
+		size_t l = strlen(de->d_name);
+		struct bd_err e = {0};
+		struct bd_pool_def *def;
+		struct pool *p;
+		char *buf;
+		size_t blen = 0;
+		if (de->d_name[0] == '.' || l < 5 || strcmp(de->d_name + l - 4, ".xml"))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", state_dir, de->d_name);
+		FILE *f = fopen(path, "re");
+		if (!f)
+			continue;
+		buf = malloc(1 << 20);
+		if (buf)
+			blen = fread(buf, 1, 1 << 20, f);
+		fclose(f);
+		if (!buf)
+			continue;
+		if (bd_pool_def_parse(buf, blen, &def, &e) < 0) {
+			bd_log(BD_LOG_ERROR, "pools: ignoring '%s': %s", path, e.msg);
+			free(buf);
+			continue;
+		}
+		free(buf);
+		if (add_def(def, true, &p, &e) < 0) {
+			bd_log(BD_LOG_ERROR, "pools: ignoring '%s': %s", path, e.msg);
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s", auto_dir, p->def->name);
+		p->autostart = access(path, F_OK) == 0;
+	}
+	closedir(d);
+	for (struct pool *p = pools; p; p = p->next) {
+		struct bd_err e = {0};
+		if (!p->autostart)
+			continue;
+		if (do_start(p, &e) < 0)
+			bd_log(BD_LOG_ERROR, "pools: cannot autostart pool '%s': %s", p->def->name,
+			       e.msg);
+		else
+			emit(p, "Started");
+	}
+	return 0;
+}
+
+void bd_pools_shutdown(void)
+{
+	bd_pool_tasks_shutdown();
+	while (pools) {
+		struct pool *p = pools;
+		pools = p->next;
+		pool_free(p);
+	}
+	free(state_dir);
+	free(auto_dir);
+	state_dir = auto_dir = NULL;
+}

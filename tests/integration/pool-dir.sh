@@ -1,0 +1,140 @@
+#!/bin/bash
+# pool-dir.sh - a dir pool through blockctl, following virsh's storage tutorial: define-as,
+# build, start, autostart, list (virsh's table layout), info, dumpxml, volumes (raw, qcow2,
+# clone, delete), destroy, delete, undefine; persistence across a restart and a SIGKILL.
+source "$(dirname "$0")/../lib/common.sh"
+need python3
+[ -n "${BLOCKCTL:-}" ] || BLOCKCTL=$BUILD_DIR/blockctl
+bd_tmpdir
+export BLOCKD_SOCKET=$T/ctl.sock
+bc() { "$BLOCKCTL" "$@"; }
+start() { bd_start --state-dir "$T/var" --control "$T/ctl.sock" \
+	--nbd-server "addr.type=unix,addr.path=$T/nbd.sock"; }
+
+start
+out=$(bc pool-define-as virtimages dir --target "$T/images")
+assert_eq "$out" "Pool virtimages defined"
+assert_exists "$T/var/pools/virtimages.xml"
+assert_eq "$(bc pool-build virtimages)" "Pool virtimages built"
+assert_exists "$T/images"
+assert_eq "$(bc pool-start virtimages)" "Pool virtimages started"
+assert_eq "$(bc pool-autostart virtimages)" "Pool virtimages marked as autostarted"
+assert_exists "$T/var/pools/autostart/virtimages"
+
+# virsh's layout: header, dashes (column widths + 3 each), rows, a blank line
+out=$(bc pool-list)
+expect=" Name         State    Autostart
+----------------------------------
+ virtimages   active   yes"
+assert_eq "$out" "$expect" "pool-list"
+out=$(bc pool-list --details)
+assert_match "$(echo "$out" | head -1)" '^ Name +State +Autostart +Persistent +Capacity +Allocation +Available$'
+assert_match "$(echo "$out" | sed -n 3p)" '^ virtimages +running +yes +yes +[0-9.]+ [KMGT]iB +[0-9.]+ [KMGT]iB +[0-9.]+ [KMGT]iB$'
+out=$(bc pool-info virtimages)
+assert_match "$(echo "$out" | head -1)" '^Name:           virtimages$'
+assert_match "$(echo "$out" | sed -n 2p)" '^UUID:           [0-9a-f-]{36}$'
+assert_contains "$out" "State:          running"
+assert_contains "$out" "Persistent:     yes"
+assert_contains "$out" "Autostart:      yes"
+assert_match "$(echo "$out" | grep Capacity)" '^Capacity:       [0-9.]+ [KMGT]iB$'
+xml=$(bc pool-dumpxml virtimages)
+assert_contains "$xml" "<pool type='dir'>"
+assert_contains "$xml" "<path>$T/images</path>"
+assert_contains "$xml" "<capacity unit='bytes'>"
+assert_not_contains "$(bc pool-dumpxml virtimages --inactive)" "<capacity"
+
+# volumes
+assert_eq "$(bc vol-create-as virtimages volumen1 10G)" "Vol volumen1 created"
+assert_eq "$(stat -c %s "$T/images/volumen1")" 10737418240
+if bc qmp query-qmp-schema | grep -q '"blockdev-create"' &&
+	bc qmp vol-create-as "{\"pool\":\"virtimages\",\"name\":\"probe\",\"capacity\":1048576,\"format\":\"qcow2\"}" >/dev/null 2>&1; then
+	have_qcow2=1
+	bc vol-delete probe --pool virtimages >/dev/null
+else
+	have_qcow2=0
+fi
+if [ $have_qcow2 = 1 ]; then
+	assert_eq "$(bc vol-create-as virtimages volumen2 10G --format qcow2)" "Vol volumen2 created"
+	if command -v qemu-img >/dev/null; then
+		assert_contains "$(qemu-img info "$T/images/volumen2")" "file format: qcow2"
+		assert_ok qemu-img check "$T/images/volumen2"
+	fi
+	assert_contains "$(bc vol-dumpxml volumen2 --pool virtimages)" "<format type='qcow2'/>"
+	# an overlay on volumen2 (capacity 0: the backing volume's), resized, wiped
+	bc vol-create-as virtimages overlay 0 --format qcow2 --backing-vol volumen2 >/dev/null
+	xml=$(bc vol-dumpxml overlay --pool virtimages)
+	assert_contains "$xml" "<capacity unit='bytes'>10737418240</capacity>"
+	assert_contains "$xml" "<path>$T/images/volumen2</path>"
+	bc vol-resize overlay 12G --pool virtimages >/dev/null
+	assert_contains "$(bc vol-info overlay --pool virtimages)" "Capacity:       12.00 GiB"
+	assert_fails bc vol-resize overlay 1G --pool virtimages --shrink
+	assert_eq "$(bc vol-wipe overlay --pool virtimages)" "Vol overlay wiped"
+	assert_contains "$(bc vol-dumpxml overlay --pool virtimages)" "<backingStore>"
+	if command -v qemu-img >/dev/null; then
+		assert_contains "$(qemu-img info "$T/images/overlay")" "virtual size: 12 GiB"
+	fi
+	bc vol-delete overlay --pool virtimages >/dev/null
+else
+	assert_fails bc vol-create-as virtimages volumen2 10G --format qcow2
+	assert_contains "$BD_OUT" "qcow2"
+	bc vol-create-as virtimages volumen2 10G >/dev/null
+fi
+out=$(bc vol-list virtimages)
+expect=" Name       Path
+$(printf -- '-%.0s' $(seq $((8 + 3 + ${#T} + 16 + 3))))
+ volumen1   $T/images/volumen1
+ volumen2   $T/images/volumen2"
+assert_eq "$out" "$expect" "vol-list"
+assert_eq "$(bc vol-clone --pool virtimages volumen1 volumen3)" "Vol volumen3 cloned from volumen1"
+assert_eq "$(stat -c %s "$T/images/volumen3")" 10737418240
+out=$(bc vol-list virtimages --details)
+assert_match "$(echo "$out" | head -1)" '^ Name +Path +Type +Capacity +Allocation$'
+assert_contains "$out" "volumen3"
+assert_contains "$(bc vol-info volumen1 --pool virtimages)" "Capacity:       10.00 GiB"
+assert_contains "$(bc vol-info volumen1 --pool virtimages --bytes)" "Capacity:       10737418240 bytes"
+assert_eq "$(bc vol-path volumen1 --pool virtimages)" "$T/images/volumen1"
+assert_eq "$(bc vol-key volumen1 --pool virtimages)" "$T/images/volumen1"
+assert_eq "$(bc vol-name "$T/images/volumen1")" "volumen1"
+assert_eq "$(bc vol-pool "$T/images/volumen1")" "virtimages"
+
+# a volume the daemon did not create appears after a refresh
+truncate -s 1M "$T/images/outside.img"
+assert_not_contains "$(bc vol-list virtimages)" outside.img
+assert_eq "$(bc pool-refresh virtimages)" "Pool virtimages refreshed"
+assert_contains "$(bc vol-list virtimages)" outside.img
+
+# restart: definition, autostart and volumes survive
+bd_stop
+start
+assert_contains "$(bc pool-list)" " virtimages   active   yes"
+assert_contains "$(bc vol-list virtimages)" volumen3
+# SIGKILL: the same
+kill -KILL "$BD_PID"
+bd_wait_exit "$BD_PID" 10 || fail "blockd did not die"
+rm -f "$T/ctl.sock"
+start
+assert_contains "$(bc pool-list)" " virtimages   active   yes"
+# without autostart the pool is defined but inactive after a restart
+assert_eq "$(bc pool-autostart virtimages --disable)" "Pool virtimages unmarked as autostarted"
+assert_not_exists "$T/var/pools/autostart/virtimages"
+bd_stop
+start
+assert_contains "$(bc pool-list --all)" " virtimages   inactive   no"
+assert_eq "$(bc pool-list --inactive --name)" "virtimages"
+bc pool-start virtimages >/dev/null
+
+# tear down as in the tutorial
+for v in volumen1 volumen2 volumen3 outside.img; do
+	assert_eq "$(bc vol-delete --pool virtimages $v)" "Vol $v deleted"
+done
+assert_not_exists "$T/images/volumen1"
+assert_eq "$(bc pool-destroy virtimages)" "Pool virtimages destroyed"
+assert_eq "$(bc pool-delete virtimages)" "Pool virtimages deleted"
+assert_not_exists "$T/images"
+assert_eq "$(bc pool-undefine virtimages)" "Pool virtimages has been undefined"
+assert_not_exists "$T/var/pools/virtimages.xml"
+assert_eq "$(bc pool-list --all | wc -l)" 3
+bd_stop
+start
+assert_not_contains "$(bc pool-list --all)" virtimages
+bd_stop
