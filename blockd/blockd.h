@@ -124,7 +124,8 @@ static inline void bd_timer_init(struct bd_timer *t, void (*fire)(struct bd_time
 unsigned bd_io_loop_count(void);
 struct bd_loop *bd_io_loop_get(unsigned i);
 struct bd_loop *bd_io_loop_next(void);
-/* [control] The loop of iothread object id, or NULL. */
+/* [control] The loop of iothread object id, or NULL.  A loop returned by these functions is
+ * marked used: its iothread object can no longer be deleted. */
 struct bd_loop *bd_iothread_find(const char *id);
 
 /* ----------------------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ void bd_log_use_syslog(bool on);
 /* loop.c: the list of I/O loops that exports spread work over. [control] */
 void bd_io_loop_register(struct bd_loop *loop);
 void bd_io_loop_unregister(struct bd_loop *loop);
+/* [any] A loop handed to anyone (bd_io_loop_get/next, bd_iothread_find, a node channel) may be
+ * referenced from exports, connections or channels: its iothread is never deleted. */
+void bd_loop_mark_used(struct bd_loop *loop);
+bool bd_loop_was_used(const struct bd_loop *loop);
 /* Stop and join every loop but main (shutdown). */
 void bd_loops_destroy_all(void);
 

@@ -44,6 +44,7 @@ struct bd_loop {
 	struct bd_io efd_io;
 
 	atomic_bool quit;
+	atomic_bool handed_out; /* given to an export, connection or channel: never deleted */
 
 	struct bd_defer *defer_head, *defer_tail;
 
@@ -639,14 +640,29 @@ unsigned bd_io_loop_count(void)
 	return io_loop_count;
 }
 
+void bd_loop_mark_used(struct bd_loop *loop)
+{
+	if (loop)
+		atomic_store(&loop->handed_out, true);
+}
+
+bool bd_loop_was_used(const struct bd_loop *loop)
+{
+	return atomic_load(&loop->handed_out);
+}
+
 struct bd_loop *bd_io_loop_get(unsigned i)
 {
-	return i < io_loop_count ? io_loops[i] : NULL;
+	struct bd_loop *loop = i < io_loop_count ? io_loops[i] : NULL;
+	bd_loop_mark_used(loop);
+	return loop;
 }
 
 struct bd_loop *bd_io_loop_next(void)
 {
 	if (!io_loop_count)
 		return main_loop;
-	return io_loops[io_loop_rr++ % io_loop_count];
+	struct bd_loop *loop = io_loops[io_loop_rr++ % io_loop_count];
+	bd_loop_mark_used(loop);
+	return loop;
 }

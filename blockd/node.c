@@ -121,6 +121,7 @@ struct bd_chan *bd_node_chan(struct bd_node *node, struct bd_loop *loop)
 	ch = calloc(1, sizeof(*ch) + node->drv->chan_size);
 	if (!ch)
 		abort();
+	bd_loop_mark_used(loop);
 	ch->node = node;
 	ch->loop = loop;
 	ch->priv = node->drv->chan_size ? (void *)(ch + 1) : NULL;

@@ -138,10 +138,24 @@ static int iothread_add(const char *id, json_t *props, struct bd_err *err)
 
 static int iothread_del(const char *id, struct bd_err *err)
 {
-	return bd_err_set(err, -EBUSY,
-			  "iothread '%s' cannot be deleted while the daemon runs (channels of "
-			  "nodes may live on it)",
-			  id);
+	for (struct iothread **pp = &iothreads; *pp; pp = &(*pp)->next) {
+		struct iothread *t = *pp;
+		if (strcmp(t->id, id))
+			continue;
+		/* Exports keep loop pointers for their connections and queues, and nodes keep a
+		 * channel per loop: once handed out, a loop lives as long as the daemon. */
+		if (bd_loop_was_used(t->loop))
+			return bd_err_set(err, -EBUSY,
+					  "iothread '%s' is in use (it has served exports) and "
+					  "cannot be deleted while the daemon runs",
+					  id);
+		*pp = t->next;
+		bd_io_loop_unregister(t->loop);
+		bd_loop_destroy(t->loop);
+		free(t);
+		return 0;
+	}
+	return bd_err_set(err, -ENOENT, "iothread '%s' not found", id);
 }
 
 const struct bd_object_type bd_objtype_iothread = {
@@ -152,9 +166,12 @@ const struct bd_object_type bd_objtype_iothread = {
 
 struct bd_loop *bd_iothread_find(const char *id)
 {
-	for (struct iothread *t = iothreads; t; t = t->next)
-		if (!strcmp(t->id, id))
+	for (struct iothread *t = iothreads; t; t = t->next) {
+		if (!strcmp(t->id, id)) {
+			bd_loop_mark_used(t->loop);
 			return t->loop;
+		}
+	}
 	return NULL;
 }
 
