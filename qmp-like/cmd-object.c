@@ -181,7 +181,7 @@ const struct qmp_cmd qmp_cmds_object[] = {
 	{"object-del", cmd_object_del,
 	 &(const struct qmp_type){.kind = QK_OBJECT,
 				  .members = M({"id", &qmp_t_str, false, "the object"})},
-	 NULL, 0, "Delete an object; refused while it is in use (iothreads cannot be deleted)."},
+	 NULL, 0, "Delete an object; refused while it is in use (an iothread, once anything has used it)."},
 	{"qom-get", cmd_qom_get, &t_qom_path_prop, &qmp_t_any, 0,
 	 "Read a throttle-group's \"limits\" (ThrottleLimits) or one x- limit."},
 	{"qom-set", cmd_qom_set,
