@@ -336,10 +336,13 @@ struct bd_driver {
 	int (*resize)(struct bd_node *node, uint64_t new_size, struct bd_err *err);
 	/* [control] Optional: extra key/values for query-named-block-nodes. */
 	void (*describe)(struct bd_node *node, json_t *out);
-	/* [control, may block for a bounded time] Optional: create an image (blockdev-create).
-	 * opts are QEMU's BlockdevCreateOptions for this driver without "driver"; a format
-	 * driver finds its file in opts["file"] (a node-name: open it with bd_graph_find). */
-	int (*create)(json_t *opts, struct bd_err *err);
+	/* [a worker thread, or control; may block] Optional: create an image (blockdev-create).
+	 * opts are QEMU's BlockdevCreateOptions for this driver without "driver".  A format's
+	 * file is resolved by the caller on the control thread and passed as file (opts["file"]
+	 * names it; mark it used), referenced for the call and used by nothing else (no exports,
+	 * no parents), so create() may do I/O on it with bd_node_io_sync() and resize it; NULL
+	 * when opts has no "file".  create() must not look up or change the graph. */
+	int (*create)(struct bd_node *file, json_t *opts, struct bd_err *err);
 	/* [control] Optional: apply changed options to an open, drained node (blockdev-reopen);
 	 * without it only the core's own options (read-only, detect-zeroes, discard) change. */
 	int (*reopen)(struct bd_node *node, json_t *opts, struct bd_err *err);
@@ -403,6 +406,8 @@ bool bd_node_can(const struct bd_node *node, enum bd_op op);
 /* Does the node (or its leaf) do write-zeroes fast (no fallback to writing buffers)? */
 bool bd_node_fast_zero(const struct bd_node *node);
 
+/* [control] Does anything but the graph hold the node (an export, a parent, a job)? */
+bool bd_node_in_use(const struct bd_node *node);
 /* [control] References: exports and parents hold one each. */
 void bd_node_ref(struct bd_node *node);
 void bd_node_unref(struct bd_node *node);

@@ -262,6 +262,11 @@ void bd_node_stats(struct bd_node *node, struct bd_node_stats *out)
 
 /* ---- references and closing ---- */
 
+bool bd_node_in_use(const struct bd_node *node)
+{
+	return node->parents || atomic_load(&node->refcnt) > 1;
+}
+
 void bd_node_ref(struct bd_node *node)
 {
 	atomic_fetch_add(&node->refcnt, 1);

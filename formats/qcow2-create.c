@@ -48,19 +48,10 @@ static const struct {
 	{2, 0, "bitmaps"},           {2, 1, "raw external data"},
 };
 
-int q2_create(json_t *opts, struct bd_err *err)
+int q2_create(struct bd_node *file, json_t *opts, struct bd_err *err)
 {
-	const char *file_name = NULL;
-	int r = bd_opts_str(opts, "file", &file_name, err);
-
-	if (r == -ENOENT)
-		return bd_err_set(err, -EINVAL, "Parameter 'file' is missing");
-	if (r < 0)
-		return r;
-	struct bd_node *file = bd_graph_find(file_name);
 	if (!file)
-		return bd_err_set(err, -ENOENT, "Cannot find device='' nor node-name='%s'",
-				  file_name);
+		return bd_err_set(err, -EINVAL, "Parameter 'file' is missing");
 	return q2_create_on(file, opts, err);
 }
 

@@ -119,7 +119,7 @@ int q2_snapshot_delete(struct bd_node *node, const char *id, const char *name,
 		       struct bd_err *err);
 
 /* qcow2-create.c */
-int q2_create(json_t *opts, struct bd_err *err);
+int q2_create(struct bd_node *file, json_t *opts, struct bd_err *err);
 int q2_create_on(struct bd_node *file, json_t *opts, struct bd_err *err);
 
 #endif

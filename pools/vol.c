@@ -541,7 +541,7 @@ static int create_qcow2(const char *path, struct bd_vol_def *def, bool prealloc,
 		json_object_set_new(o, "backing-fmt", json_string(def->backing_format));
 	if (prealloc)
 		json_object_set_new(o, "preallocation", json_string("metadata"));
-	r = drv->create(o, err);
+	r = drv->create(fnode, o, err);
 	json_decref(o);
 	struct bd_err e2 = {0};
 	bd_graph_del(tmp, &e2);

@@ -151,7 +151,7 @@ static void create_finish(void *arg)
 static void *create_thread(void *arg)
 {
 	struct job *j = arg;
-	j->ret = j->drv->create(j->opts, &j->err);
+	j->ret = j->drv->create(j->file, j->opts, &j->err);
 	if (j->ret > 0)
 		j->ret = 0;
 	if (bd_loop_send(bd_loop_main(), create_finish, j) < 0)
@@ -204,6 +204,16 @@ static int cmd_blockdev_create(struct qmp_req *req, json_t *args, struct bd_err 
 			json_decref(j->opts);
 			free(j);
 			return -ENOENT;
+		}
+		/* create() rewrites and resizes the file from a worker thread: nothing else may
+		 * use it meanwhile (QEMU refuses this through its permission system) */
+		if (bd_node_in_use(j->file)) {
+			bd_err_set(err, -EBUSY,
+				   "Node '%s' is in use (by an export, a parent or another job)",
+				   json_string_value(file));
+			json_decref(j->opts);
+			free(j);
+			return -EBUSY;
 		}
 		bd_node_ref(j->file);
 	}

@@ -54,6 +54,12 @@ for n in qa qb qc; do
 	q block-export-add "{\"type\": \"nbd\", \"id\": \"e$n\", \"node-name\": \"$n\", \"writable\": true}" >/dev/null
 done
 qemu-io -f raw -c 'write -P 0x71 100k 300k' "$(bd_nbd_unix_uri "$T/s" qa)" >/dev/null
+# the file of a node in use cannot be recreated under it (create() rewrites it off the control
+# thread): refused at once, and the image is untouched
+if q blockdev-create '{"job-id": "jbusy", "options": {"driver": "qcow2", "file": "fa", "size": 1048576}}' >"$T/busy" 2>&1; then
+	fail "blockdev-create on a file in use was accepted"
+fi
+assert_contains "$(cat "$T/busy")" "in use"
 qemu-io -f raw -c 'write -P 0x72 1M 3M' -c 'write -z 5M 64k' "$(bd_nbd_unix_uri "$T/s" qb)" >/dev/null
 qemu-io -f raw -c 'write -P 0x73 1049088 4k' "$(bd_nbd_unix_uri "$T/s" qc)" >/dev/null
 # grow qa from 1M to 64M: 512-byte clusters need a new, larger L1 table

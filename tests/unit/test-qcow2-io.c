@@ -701,7 +701,7 @@ static int create_img(const char *img, const char *json_extra)
 	}
 	snprintf(text, sizeof(text), "{\"file\": \"cf\"%s}", json_extra);
 	o = json_loads(text, 0, NULL);
-	r = bd_driver_find("qcow2")->create(o, &err);
+	r = bd_driver_find("qcow2")->create(f, o, &err);
 	json_decref(o);
 	if (r < 0)
 		fprintf(stderr, "create %s: %s\n", img, err.msg);
