@@ -80,9 +80,18 @@ int file_map_extents(file_seek_fn *seek, void *ctx, uint64_t off, uint64_t len, 
 
 		d = seek(ctx, pos, SEEK_DATA);
 		if (d == -ENXIO) {
-			/* Only a hole (or nothing: past EOF) from here on. */
-			next = end;
-			flags = BD_EXT_ZERO;
+			/* No data from here on: a hole up to EOF, then nothing.  Past EOF (a node
+			 * larger than its file: truncated by another process, or an O_DIRECT image
+			 * rounded up) say data, so that readers read and learn the truth (an error,
+			 * or the zeroes of the rounded-up tail) instead of trusting a hole. */
+			int64_t eof = seek(ctx, 0, SEEK_END);
+			if (eof >= 0 && pos >= (uint64_t)eof) {
+				next = end;
+				flags = BD_EXT_DATA;
+			} else {
+				next = eof >= 0 && (uint64_t)eof < end ? (uint64_t)eof : end;
+				flags = BD_EXT_ZERO;
+			}
 		} else if (d < 0) {
 			if (nr == 0 && (d == -EINVAL || d == -EOPNOTSUPP || d == -ENOTSUP))
 				return -ENOTSUP;

@@ -2,8 +2,8 @@
 # qmp-io-error.sh: a read that fails in the storage reaches the NBD client as an error and the
 # control socket as one BLOCK_IO_ERROR event (node-name of the exported node, operation read,
 # action report); a refused request (past the end) raises none; the daemon keeps serving.
-# The failure is made for real: another process truncates the image under the daemon (a 4 KiB
-# read: larger NBD reads ask for block status first, and past EOF that is a hole).
+# The failure is made for real: another process truncates the image under the daemon; small
+# reads and large ones (which ask for block status first) both fail.
 source "$(dirname "$0")/../lib/common.sh"
 need python3 qemu-io truncate
 
@@ -45,6 +45,10 @@ qemu-io -r -f raw -c "read 32M 64k" "$uri" >/dev/null 2>&1 || true # past the en
 truncate -s 1M "$T/img"
 if qemu-io -r -f raw -c "read 12M 4k" "$uri" >"$T/out" 2>&1 && grep -q "read 4096/4096" "$T/out"; then
 	fail "a read of the truncated part succeeded: $(cat "$T/out")"
+fi
+# a large read asks for block status first: past EOF must not be answered as a hole of zeroes
+if qemu-io -r -f raw -c "read 8M 1M" "$uri" >"$T/out2" 2>&1 && grep -q "read 1048576/1048576" "$T/out2"; then
+	fail "a 1 MiB read of the truncated part succeeded: $(cat "$T/out2")"
 fi
 qemu-io -r -f raw -c "read 0 64k" "$uri" | grep -q "read 65536/65536" || fail "daemon stopped serving"
 wait "$listener" || true

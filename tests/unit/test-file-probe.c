@@ -113,6 +113,8 @@ static int64_t fake_seek(void *ctx, uint64_t off, int whence)
 
 	if (m->err)
 		return m->err;
+	if (whence == SEEK_END)
+		return (int64_t)m->size;
 	if (off >= m->size)
 		return -ENXIO;
 	for (int i = 0; i < m->n; i++) {
@@ -158,10 +160,18 @@ static void test_extents(void)
 	CHECK_EQ_U64(e[0].length, 10);
 	CHECK_EQ_U64(e[0].flags, BD_EXT_ZERO);
 
-	/* past EOF (node larger than the file) reads as a hole */
+	/* past EOF (node larger than the file) is data: a reader must read it and see the error
+	 * (or the zeroes of a rounded-up O_DIRECT tail), never trust a hole there */
 	n = file_map_extents(fake_seek, &m, 1 << 20, 4096, 1, e, 8);
 	CHECK_EQ_U64(n, 1);
+	CHECK_EQ_U64(e[0].flags, BD_EXT_DATA);
+	/* a trailing hole that the end of the file cuts: hole up to EOF, data after it */
+	n = file_map_extents(fake_seek, &m, (1 << 20) - 8192, 16384, 1, e, 8);
+	CHECK_EQ_U64(n, 2);
 	CHECK_EQ_U64(e[0].flags, BD_EXT_ZERO);
+	CHECK_EQ_U64(e[0].length, 8192);
+	CHECK_EQ_U64(e[1].flags, BD_EXT_DATA);
+	CHECK_EQ_U64(e[1].length, 8192);
 
 	/* Unaligned boundaries with alignment 4096: data grows, holes shrink, small holes vanish
 	 * into the data around them. */
