@@ -1,0 +1,186 @@
+/*
+ * vub-int.h - private to the vhost-user-blk export (export/vhost-user-blk/): limits, the export,
+ * connection, queue and request structures, and the functions one file of the export calls in
+ * another.  Which thread owns which field is written next to it: [control] is the main loop,
+ * [loop] the I/O loop a queue runs on (see vub-queue.c for the hand-over between the two).
+ *
+ * Files: vub-export.c (the export type: add, del, query, shutdown, options) [control];
+ * vub-msg.c (the vhost-user socket, its messages, guest memory, the back-end channel) [control];
+ * vub-queue.c (virtqueue processing [loop] and starting / stopping queues [control]);
+ * vub-poll.c (abandonable one-shot polls) [any loop]; vub-ring.c (pure functions).
+ */
+#ifndef BLOCKD_EXPORT_VUB_INT_H
+#define BLOCKD_EXPORT_VUB_INT_H
+
+#include "blockd/blockd.h"
+#include "export/vhost-user-blk/vub-ring.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+
+#define VUB_MAX_QUEUES 64u
+#define VUB_MAX_RING 32768u
+#define VUB_SEG_MAX 254u
+#define VUB_MAX_IOV (VUB_SEG_MAX + 6u)
+/* Largest segment.  Kept small enough that size_max * seg_max fits in 32 bits: SeaBIOS multiplies
+ * them in 32 bits and loops forever on zero-length reads when the product wraps. */
+#define VUB_SIZE_MAX (1u << 16)
+#define VUB_MAX_DISCARD_SECTORS ((1u << 30) >> 9)
+#define VUB_INFLIGHT_ALIGN 64u
+
+#define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* ---------------------------------------------------------------------------------------------
+ * One-shot polls that can be abandoned (vub-poll.c)
+ */
+struct vub_poll;
+
+/* [loop] Poll fd for input once on loop; cb(arg, res) runs on loop unless cancelled. */
+struct vub_poll *vub_poll_arm(struct bd_loop *loop, int fd, void (*cb)(void *, int), void *arg);
+/* [loop] Abandon p (armed on loop, which is the calling thread's loop): its callback never runs. */
+void vub_poll_cancel(struct bd_loop *loop, struct vub_poll *p);
+
+/* ---------------------------------------------------------------------------------------------
+ * Data structures
+ */
+struct vub_export;
+struct vub_conn;
+struct vub_queue;
+
+struct vub_req {
+	struct vub_queue *q;
+	struct vub_req *next_free;
+	uint16_t id;	/* split: head index; packed: buffer id */
+	uint16_t ndesc; /* packed: ring slots the chain took */
+	uint32_t in_len;
+	struct vub_blk_req blk;
+	struct iovec iov[VUB_MAX_IOV];
+};
+
+struct vub_queue {
+	struct vub_conn *c;
+	unsigned idx;
+	struct bd_loop *loop;
+
+	/* Configuration from the front end [control; read by the loop while running]. */
+	uint32_t num;
+	uint64_t desc_ua, avail_ua, used_ua;
+	bool addr_set;
+	bool enabled;
+	uint32_t base; /* SET_VRING_BASE value */
+	int kick_fd, call_fd, err_fd;
+	int new_call_fd; /* handed to the loop by SET_VRING_CALL on a running queue */
+
+	/* Ring state [loop while running, control while stopped]. */
+	bool running;
+	bool broken;
+	bool packed, event_idx, indirect;
+	struct bd_chan *ch;
+	struct vring_desc *desc;
+	struct vring_avail *avail;
+	struct vring_used *used;
+	struct vring_packed_desc *pdesc;
+	struct vring_packed_event *driver_ev, *device_ev;
+	uint16_t last_avail, used_idx, signalled_used;
+	bool signalled_valid;
+	bool avail_wrap, used_wrap;
+	uint32_t inflight;
+	bool want_process; /* ran out of request slots */
+	struct vub_req *reqs, *free;
+	uint32_t nreqs;
+	struct vub_inflight_queue *ifq;
+	uint64_t if_counter;
+	struct vub_poll *kick_poll;
+	struct bd_defer notify_defer;
+	bool need_notify;
+	bool busy; /* answer of q_check */
+
+	/* statistics (loop) */
+	uint64_t nr_requests, nr_kicks, nr_calls;
+};
+
+struct vub_conn {
+	struct vub_export *exp;
+	int fd;
+	struct vub_poll *poll;
+	bool closing;
+
+	/* message being received */
+	struct vhost_user_hdr hdr;
+	uint8_t payload[VHOST_USER_MAX_PAYLOAD];
+	size_t got;
+	int fds[VHOST_USER_MAX_FDS];
+	unsigned nfds;
+
+	uint64_t features;
+	uint64_t pfeatures;
+	bool features_set;
+	struct vub_mem mem;
+	int backend_fd;
+	atomic_bool wce;
+
+	void *if_map;
+	size_t if_size;
+	uint16_t if_nq, if_qsize;
+
+	struct vub_queue *q[VUB_MAX_QUEUES];
+};
+
+struct vub_export {
+	char id[128];
+	struct bd_node *node;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	bool unlink_path;
+	bool writable;
+	bool writethrough;
+	unsigned nq;
+	uint32_t lbs;
+	char serial[VIRTIO_BLK_ID_BYTES + 1];
+	struct bd_loop *loops[VUB_MAX_QUEUES];
+	int listen_fd;
+	struct vub_poll *listen_poll;
+	struct vub_conn *conn;
+	struct bd_node_watch watch;
+	_Atomic uint64_t size;
+	uint64_t offered;
+	struct vub_export *next;
+};
+
+static inline bool has_feature(const struct vub_conn *c, unsigned bit)
+{
+	return c->features & (1ull << bit);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Queues (vub-queue.c)
+ */
+/* [loop] The queue's notify_defer callback: signal the call eventfd if the driver wants it. */
+void vub_q_notify_defer(struct bd_defer *d);
+/* [loop] Run by bd_loop_call() for SET_VRING_CALL on a running queue: switch to new_call_fd. */
+void vub_q_swap_call_fn(void *arg);
+/* [control] Stop q if it runs, and wait until its in-flight requests have completed. */
+void vub_queue_stop(struct vub_queue *q);
+/* [control] Stop every running queue (all at once, then wait for each); was[] says which ran. */
+void vub_conn_stop_all(struct vub_conn *c, bool *was);
+/* [control] Start q if it has everything it needs. */
+void vub_queue_try_start(struct vub_queue *q);
+/* [control] Stop q and forget its configuration (fds closed). */
+void vub_queue_reset(struct vub_queue *q);
+/* Close *fd if open, and set it to -1. */
+void vub_close_fd(int *fd);
+
+/* ---------------------------------------------------------------------------------------------
+ * The connection (vub-msg.c) [control]
+ */
+/* Release everything of a connection and accept the next one. */
+void vub_conn_free(struct vub_conn *c);
+/* Wait for the next front end on the export's listening socket. */
+void vub_export_listen_arm(struct vub_export *x);
+/* The node watch's resized callback: update the size, tell the front end (back-end channel). */
+void vub_export_resized(struct bd_node_watch *w, uint64_t new_size);
+
+#endif

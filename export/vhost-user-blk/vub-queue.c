@@ -1,0 +1,711 @@
+/*
+ * vub-queue.c - the virtqueues of the vhost-user-blk export: the data path (kicks, descriptor
+ * chains to virtio-blk requests on guest memory, bd_submit(), completions on the used ring,
+ * in-flight tracking, call eventfd notifications) and starting / stopping queues.
+ *
+ * Threads:
+ *  - The data path runs on the queue's I/O loop [loop]: its kick eventfd is polled by that loop's
+ *    ring, requests go to bd_submit() on the node's channel of that loop, and the call eventfd is
+ *    signalled once per loop iteration (a struct bd_defer).
+ *  - Queue control (vub_queue_*, vub_conn_stop_all) runs on the main loop [control], called from
+ *    the message handlers in vub-msg.c: it starts and stops a queue with bd_loop_call() to the
+ *    queue's loop and waits until its in-flight requests have completed.
+ * Between "start" and "stop" of a queue only its loop touches the queue's ring state; outside
+ * that window only the control thread does.  bd_loop_call() orders the two.
+ */
+#include "export/vhost-user-blk/vub-int.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------------------------------------
+ * The data path [loop]
+ */
+static void q_process(struct vub_queue *q);
+
+static void q_set_broken(struct vub_queue *q, const char *why)
+{
+	if (!q->broken)
+		bd_log(BD_LOG_ERROR, "vhost-user-blk export '%s': queue %u: %s; queue stopped",
+		       q->c->exp->id, q->idx, why);
+	q->broken = true;
+	if (q->err_fd >= 0)
+		eventfd_write(q->err_fd, 1);
+}
+
+static void q_notify_now(struct vub_queue *q)
+{
+	bool need = true;
+
+	if (!q->need_notify)
+		return;
+	q->need_notify = false;
+	if (q->call_fd < 0)
+		return;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (!q->packed) {
+		if (q->event_idx) {
+			uint16_t ev = __atomic_load_n(&q->avail->ring[q->num], __ATOMIC_RELAXED);
+			need = !q->signalled_valid ||
+			       vub_need_event(ev, q->used_idx, q->signalled_used);
+		} else {
+			need = !(__atomic_load_n(&q->avail->flags, __ATOMIC_RELAXED) &
+				 VRING_AVAIL_F_NO_INTERRUPT);
+		}
+	} else {
+		uint16_t fl = __atomic_load_n(&q->driver_ev->flags, __ATOMIC_RELAXED);
+		if (fl == VRING_PACKED_EVENT_FLAG_DISABLE)
+			need = false;
+		else if (fl == VRING_PACKED_EVENT_FLAG_DESC && q->event_idx && q->signalled_valid) {
+			uint16_t ow = __atomic_load_n(&q->driver_ev->off_wrap, __ATOMIC_RELAXED);
+			uint16_t off = ow & 0x7fff, old = q->signalled_used, new_idx = q->used_idx;
+			if (new_idx <= old)
+				old = (uint16_t)(old - q->num);
+			if ((ow >> 15) != q->used_wrap)
+				off = (uint16_t)(off - q->num);
+			need = vub_need_event(off, new_idx, old);
+		}
+	}
+	q->signalled_used = q->used_idx;
+	q->signalled_valid = true;
+	if (need) {
+		q->nr_calls++;
+		eventfd_write(q->call_fd, 1);
+	}
+}
+
+void vub_q_notify_defer(struct bd_defer *d)
+{
+	q_notify_now(container_of(d, struct vub_queue, notify_defer));
+}
+
+/* Put a finished request on the used ring, recycle its slot. */
+static void q_push(struct vub_queue *q, struct vub_req *r, uint32_t len)
+{
+	if (!q->packed) {
+		struct vring_used_elem *e = &q->used->ring[q->used_idx % q->num];
+		if (q->ifq)
+			q->ifq->last_batch_head = r->id;
+		__atomic_store_n(&e->id, (uint32_t)r->id, __ATOMIC_RELAXED);
+		__atomic_store_n(&e->len, len, __ATOMIC_RELAXED);
+		q->used_idx++;
+		__atomic_store_n(&q->used->idx, q->used_idx, __ATOMIC_RELEASE);
+		if (q->ifq) {
+			__atomic_signal_fence(__ATOMIC_SEQ_CST);
+			q->ifq->desc[r->id].inflight = 0;
+			__atomic_signal_fence(__ATOMIC_SEQ_CST);
+			q->ifq->used_idx = q->used_idx;
+		}
+	} else {
+		struct vring_packed_desc *d = &q->pdesc[q->used_idx];
+		uint16_t fl =
+		    q->used_wrap ? (VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED) : 0;
+		__atomic_store_n(&d->id, r->id, __ATOMIC_RELAXED);
+		__atomic_store_n(&d->len, len, __ATOMIC_RELAXED);
+		__atomic_store_n(&d->flags, fl, __ATOMIC_RELEASE);
+		q->used_idx = (uint16_t)(q->used_idx + r->ndesc);
+		if (q->used_idx >= q->num) {
+			q->used_idx = (uint16_t)(q->used_idx - q->num);
+			q->used_wrap = !q->used_wrap;
+		}
+	}
+	r->next_free = q->free;
+	q->free = r;
+	q->inflight--;
+	q->need_notify = true;
+	bd_loop_defer(q->loop, &q->notify_defer);
+	if (q->want_process && q->running) {
+		q->want_process = false;
+		q_process(q);
+	}
+}
+
+static void blk_finish(struct vub_req *r, int ret)
+{
+	uint8_t st = VIRTIO_BLK_S_OK;
+
+	if (ret == -ENOTSUP || ret == -EOPNOTSUPP)
+		st = VIRTIO_BLK_S_UNSUPP;
+	else if (ret < 0)
+		st = VIRTIO_BLK_S_IOERR;
+	*(volatile uint8_t *)r->blk.status = st;
+	q_push(r->q, r, (ret == 0 ? r->in_len : 0) + 1);
+}
+
+static void blk_done(struct bd_req *br, int ret)
+{
+	struct vub_req *r = br->opaque;
+
+	bd_req_put(br);
+	blk_finish(r, ret);
+}
+
+static void blk_submit(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t len, uint32_t flags,
+		       struct iovec *iov, int iovcnt)
+{
+	struct vub_queue *q = r->q;
+	struct bd_req *br = bd_req_get(q->ch);
+	int e;
+
+	br->op = op;
+	br->offset = off;
+	br->len = len;
+	br->flags = flags;
+	br->iov = iov;
+	br->iovcnt = iovcnt;
+	br->cb = blk_done;
+	br->opaque = r;
+	e = bd_submit(q->ch, br);
+	if (e < 0) {
+		bd_req_put(br);
+		blk_finish(r, e);
+	}
+}
+
+/* Check a byte range against the disk and the logical block size. */
+static bool range_ok(struct vub_export *x, uint64_t sector, uint64_t len)
+{
+	uint64_t size = atomic_load_explicit(&x->size, memory_order_relaxed), off;
+
+	if (sector > UINT64_MAX / VIRTIO_BLK_SECTOR_SIZE)
+		return false;
+	off = sector * VIRTIO_BLK_SECTOR_SIZE;
+	if ((off | len) & (x->lbs - 1))
+		return false;
+	return off <= size && len <= size - off;
+}
+
+/* DISCARD, WRITE_ZEROES, SECURE_ERASE: one segment. */
+static void blk_range_op(struct vub_req *r)
+{
+	struct vub_export *x = r->q->c->exp;
+	struct vub_conn *c = r->q->c;
+	struct virtio_blk_discard_wz seg;
+	uint32_t t = r->blk.type, flags = 0;
+	unsigned feat = t == VIRTIO_BLK_T_DISCARD	 ? VIRTIO_BLK_F_DISCARD
+			: t == VIRTIO_BLK_T_WRITE_ZEROES ? VIRTIO_BLK_F_WRITE_ZEROES
+							 : VIRTIO_BLK_F_SECURE_ERASE;
+	enum bd_op op = t == VIRTIO_BLK_T_DISCARD ? BD_OP_DISCARD : BD_OP_WRITE_ZEROES;
+
+	if (!has_feature(c, feat)) {
+		blk_finish(r, -ENOTSUP);
+		return;
+	}
+	if (!x->writable || r->blk.data_len != sizeof(seg)) {
+		/* several segments: we announce max_*_seg = 1 */
+		blk_finish(r, x->writable ? -ENOTSUP : -EROFS);
+		return;
+	}
+	bd_iov_to_buf(r->blk.data, r->blk.ndata, 0, &seg, sizeof(seg));
+	if (t == VIRTIO_BLK_T_WRITE_ZEROES) {
+		if (seg.flags & ~VIRTIO_BLK_WZ_F_UNMAP) {
+			blk_finish(r, -ENOTSUP);
+			return;
+		}
+		if (seg.flags & VIRTIO_BLK_WZ_F_UNMAP)
+			flags |= BD_REQ_MAY_UNMAP;
+	} else if (seg.flags) {
+		blk_finish(r, -ENOTSUP);
+		return;
+	}
+	if (seg.num_sectors > VUB_MAX_DISCARD_SECTORS ||
+	    !range_ok(x, seg.sector, (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_SIZE)) {
+		blk_finish(r, -EIO);
+		return;
+	}
+	if (seg.num_sectors == 0) {
+		blk_finish(r, 0);
+		return;
+	}
+	if (!atomic_load_explicit(&c->wce, memory_order_relaxed) && op == BD_OP_WRITE_ZEROES)
+		flags |= BD_REQ_FUA;
+	blk_submit(r, op, seg.sector * VIRTIO_BLK_SECTOR_SIZE,
+		   (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_SIZE, flags, NULL, 0);
+}
+
+static void blk_start(struct vub_req *r, struct vub_chain *ch)
+{
+	struct vub_queue *q = r->q;
+	struct vub_export *x = q->c->exp;
+	struct vub_blk_req *b = &r->blk;
+
+	if (vub_blk_parse(ch, b) < 0) {
+		/* no header or no status byte: nothing to answer with */
+		q_set_broken(q, "request without header or status byte");
+		r->next_free = q->free;
+		q->free = r;
+		q->inflight--;
+		return;
+	}
+	r->in_len = 0;
+	switch (b->type) {
+	case VIRTIO_BLK_T_IN:
+	case VIRTIO_BLK_T_OUT: {
+		bool out = b->type == VIRTIO_BLK_T_OUT;
+		if (out && !x->writable) {
+			blk_finish(r, -EROFS);
+			return;
+		}
+		if (!range_ok(x, b->sector, b->data_len)) {
+			blk_finish(r, -EIO);
+			return;
+		}
+		if (b->data_len == 0) {
+			blk_finish(r, 0);
+			return;
+		}
+		if (!out)
+			r->in_len = (uint32_t)b->data_len;
+		blk_submit(
+		    r, out ? BD_OP_WRITE : BD_OP_READ, b->sector * VIRTIO_BLK_SECTOR_SIZE,
+		    b->data_len,
+		    out && !atomic_load_explicit(&q->c->wce, memory_order_relaxed) ? BD_REQ_FUA : 0,
+		    b->data, b->ndata);
+		return;
+	}
+	case VIRTIO_BLK_T_FLUSH:
+		if (!x->writable) {
+			blk_finish(r, 0);
+			return;
+		}
+		blk_submit(r, BD_OP_FLUSH, 0, 0, 0, NULL, 0);
+		return;
+	case VIRTIO_BLK_T_GET_ID: {
+		char id[VIRTIO_BLK_ID_BYTES];
+		size_t n = b->data_len < sizeof(id) ? b->data_len : sizeof(id);
+		memset(id, 0, sizeof(id));
+		memcpy(id, x->serial, strnlen(x->serial, sizeof(id)));
+		r->in_len = (uint32_t)bd_iov_from_buf(b->data, b->ndata, 0, id, n);
+		blk_finish(r, 0);
+		return;
+	}
+	case VIRTIO_BLK_T_DISCARD:
+	case VIRTIO_BLK_T_WRITE_ZEROES:
+	case VIRTIO_BLK_T_SECURE_ERASE:
+		blk_range_op(r);
+		return;
+	default:
+		blk_finish(r, -ENOTSUP);
+		return;
+	}
+}
+
+/* Take a request slot and start the chain at head (split) / slot (packed). */
+static void q_start_chain(struct vub_queue *q, struct vub_req *r, struct vub_chain *ch)
+{
+	q->inflight++;
+	q->nr_requests++;
+	if (q->ifq && !q->packed) {
+		q->ifq->desc[r->id].counter = ++q->if_counter;
+		__atomic_signal_fence(__ATOMIC_SEQ_CST);
+		q->ifq->desc[r->id].inflight = 1;
+	}
+	blk_start(r, ch);
+}
+
+static bool q_pop_split(struct vub_queue *q, uint16_t head)
+{
+	struct vub_req *r = q->free;
+	struct vub_chain ch = {.iov = r->iov, .max = VUB_MAX_IOV};
+	int e;
+
+	e = vub_split_walk(&q->c->mem, q->desc, q->num, head, q->indirect, &ch);
+	if (e < 0) {
+		q_set_broken(q, e == -E2BIG    ? "descriptor chain too long"
+				: e == -EFAULT ? "descriptor outside guest memory"
+					       : "malformed descriptor chain");
+		return false;
+	}
+	q->free = r->next_free;
+	r->id = head;
+	r->ndesc = 1;
+	q_start_chain(q, r, &ch);
+	return true;
+}
+
+static void q_process_split(struct vub_queue *q)
+{
+	for (;;) {
+		while (q->free && q->running && !q->broken) {
+			uint16_t aidx = __atomic_load_n(&q->avail->idx, __ATOMIC_ACQUIRE), head;
+			if (aidx == q->last_avail)
+				break;
+			if ((uint16_t)(aidx - q->last_avail) > q->num) {
+				q_set_broken(q, "available index out of range");
+				return;
+			}
+			head = __atomic_load_n(&q->avail->ring[q->last_avail % q->num],
+					       __ATOMIC_RELAXED);
+			q->last_avail++;
+			if (!q_pop_split(q, head))
+				return;
+		}
+		if (!q->running || q->broken)
+			return;
+		if (!q->free) {
+			q->want_process = true;
+			return;
+		}
+		if (!q->event_idx)
+			return;
+		__atomic_store_n((uint16_t *)&q->used->ring[q->num], q->last_avail,
+				 __ATOMIC_RELAXED);
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&q->avail->idx, __ATOMIC_ACQUIRE) == q->last_avail)
+			return;
+	}
+}
+
+static void q_process_packed(struct vub_queue *q)
+{
+	while (q->running && !q->broken) {
+		struct vring_packed_desc *d = &q->pdesc[q->last_avail];
+		uint16_t fl = __atomic_load_n(&d->flags, __ATOMIC_ACQUIRE);
+		bool avail = fl & VRING_PACKED_DESC_F_AVAIL, used = fl & VRING_PACKED_DESC_F_USED;
+		struct vub_req *r;
+		struct vub_chain ch;
+		int e;
+
+		if (avail != q->avail_wrap || used == q->avail_wrap) {
+			/* Empty.  With EVENT_IDX, ask for a kick only when the driver makes the
+			 * next descriptor available, then look once more (it may have raced). */
+			uint16_t ow = (uint16_t)(q->last_avail | (q->avail_wrap ? 0x8000 : 0));
+			if (!q->event_idx ||
+			    __atomic_load_n(&q->device_ev->off_wrap, __ATOMIC_RELAXED) == ow)
+				return;
+			__atomic_store_n(&q->device_ev->off_wrap, ow, __ATOMIC_RELAXED);
+			__atomic_thread_fence(__ATOMIC_SEQ_CST);
+			continue;
+		}
+		if (!q->free) {
+			q->want_process = true;
+			return;
+		}
+		r = q->free;
+		ch = (struct vub_chain){.iov = r->iov, .max = VUB_MAX_IOV};
+		e = vub_packed_walk(&q->c->mem, q->pdesc, q->num, q->last_avail, q->indirect, &ch);
+		if (e < 0) {
+			q_set_broken(q, "malformed packed descriptor chain");
+			return;
+		}
+		q->free = r->next_free;
+		r->id = ch.id;
+		r->ndesc = (uint16_t)ch.ndesc;
+		q->last_avail = (uint16_t)(q->last_avail + ch.ndesc);
+		if (q->last_avail >= q->num) {
+			q->last_avail = (uint16_t)(q->last_avail - q->num);
+			q->avail_wrap = !q->avail_wrap;
+		}
+		q_start_chain(q, r, &ch);
+	}
+}
+
+static void q_process(struct vub_queue *q)
+{
+	if (!q->running || q->broken)
+		return;
+	if (q->packed)
+		q_process_packed(q);
+	else
+		q_process_split(q);
+}
+
+static void q_kick(void *arg, int res);
+
+static void q_arm_kick(struct vub_queue *q)
+{
+	q->kick_poll = vub_poll_arm(q->loop, q->kick_fd, q_kick, q);
+}
+
+static void q_kick(void *arg, int res)
+{
+	struct vub_queue *q = arg;
+	uint64_t v;
+
+	q->kick_poll = NULL;
+	if (!q->running)
+		return;
+	if (res < 0) {
+		q_set_broken(q, "kick eventfd poll failed");
+		return;
+	}
+	q->nr_kicks++;
+	if (read(q->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		bd_log(BD_LOG_WARN, "vhost-user-blk: kick read: %s", strerror(errno));
+	q_arm_kick(q);
+	q_process(q);
+}
+
+static int cmp_counter(const void *a, const void *b, void *arg)
+{
+	const struct vub_inflight_queue *f = arg;
+	uint64_t ca = f->desc[*(const uint16_t *)a].counter,
+		 cb = f->desc[*(const uint16_t *)b].counter;
+	return ca < cb ? -1 : ca > cb;
+}
+
+/* Split rings with in-flight tracking: pick up what a previous back end left in flight. */
+static void q_inflight_restore(struct vub_queue *q)
+{
+	struct vub_inflight_queue *f = q->ifq;
+	uint16_t used = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+	uint16_t *heads, n = 0;
+
+	if (f->version == 0 || f->desc_num != q->num) {
+		memset(f->desc, 0, sizeof(f->desc[0]) * q->num);
+		f->desc_num = (uint16_t)q->num;
+		f->used_idx = used;
+		f->last_batch_head = 0;
+		f->version = 1;
+		return;
+	}
+	if (f->used_idx != used) {
+		/* We died between publishing a used entry and clearing its in-flight mark. */
+		if (f->last_batch_head < q->num)
+			f->desc[f->last_batch_head].inflight = 0;
+		f->used_idx = used;
+	}
+	heads = malloc(sizeof(*heads) * q->num);
+	if (!heads)
+		abort();
+	q->if_counter = 0;
+	for (uint32_t i = 0; i < q->num; i++) {
+		if (f->desc[i].inflight == 1) {
+			heads[n++] = (uint16_t)i;
+			if (f->desc[i].counter > q->if_counter)
+				q->if_counter = f->desc[i].counter;
+		} else {
+			f->desc[i].inflight = 0;
+		}
+	}
+	q->used_idx = used;
+	q->last_avail = (uint16_t)(used + n);
+	if (n) {
+		qsort_r(heads, n, sizeof(*heads), cmp_counter, f);
+		bd_log(BD_LOG_INFO,
+		       "vhost-user-blk export '%s': queue %u: resubmitting %u "
+		       "in-flight request(s)",
+		       q->c->exp->id, q->idx, n);
+		for (uint16_t i = 0; i < n && !q->broken; i++) {
+			if (!q->free)
+				break; /* cannot happen: n <= num slots */
+			q_pop_split(q, heads[i]);
+		}
+	}
+	free(heads);
+}
+
+/* [loop] Start serving the queue; its configuration was set by the control thread. */
+static void q_start_fn(void *arg)
+{
+	struct vub_queue *q = arg;
+
+	q->ch = bd_node_chan(q->c->exp->node, q->loop);
+	bd_log(BD_LOG_DEBUG,
+	       "vhost-user-blk queue %u: start num=%u last_avail=%u used=%u packed=%d "
+	       "event_idx=%d",
+	       q->idx, q->num, q->last_avail, q->used_idx, q->packed, q->event_idx);
+	q->running = true;
+	q->want_process = false;
+	q->signalled_valid = false;
+	q->need_notify = false;
+	if (q->ifq)
+		q_inflight_restore(q);
+	q_arm_kick(q);
+	q_process(q);
+	/* Whatever the driver queued before we started: look at it, and signal once. */
+	q->need_notify = true;
+	bd_loop_defer(q->loop, &q->notify_defer);
+}
+
+static void q_stop_fn(void *arg)
+{
+	struct vub_queue *q = arg;
+
+	q->running = false;
+	vub_poll_cancel(q->loop, q->kick_poll);
+	q->kick_poll = NULL;
+}
+
+static void q_check_fn(void *arg)
+{
+	struct vub_queue *q = arg;
+
+	q->busy = q->inflight > 0;
+	if (!q->busy)
+		q_notify_now(q);
+}
+
+static void q_noop_fn(void *arg)
+{
+	(void)arg;
+}
+
+void vub_q_swap_call_fn(void *arg)
+{
+	struct vub_queue *q = arg;
+
+	q->call_fd = q->new_call_fd;
+	q->need_notify = true;
+	q_notify_now(q);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Queue control [control]
+ */
+/* Wait until a stopped queue has no request in flight and no notification pending. */
+static void queue_wait_idle(struct vub_queue *q)
+{
+	for (;;) {
+		struct timespec ts = {0, 200000};
+		bd_loop_call(q->loop, q_check_fn, q);
+		if (!q->busy)
+			break;
+		nanosleep(&ts, NULL);
+	}
+	/* A notify deferred earlier in that iteration has run once this returns. */
+	bd_loop_call(q->loop, q_noop_fn, q);
+	/* Everything taken from the ring has completed: a restart (or GET_VRING_BASE) resumes
+	 * from here, in SET_VRING_BASE's encoding. */
+	if (q->packed)
+		q->base = (uint32_t)(q->last_avail & 0x7fff) | ((uint32_t)q->avail_wrap << 15);
+	else
+		q->base = q->last_avail;
+}
+
+void vub_queue_stop(struct vub_queue *q)
+{
+	if (!q->running)
+		return;
+	bd_loop_call(q->loop, q_stop_fn, q);
+	queue_wait_idle(q);
+}
+
+/* Stop every running queue (all at once, then wait for each); was[] says which ran. */
+void vub_conn_stop_all(struct vub_conn *c, bool *was)
+{
+	unsigned nq = c->exp->nq;
+
+	for (unsigned i = 0; i < nq; i++) {
+		was[i] = c->q[i]->running;
+		if (was[i])
+			bd_loop_call(c->q[i]->loop, q_stop_fn, c->q[i]);
+	}
+	for (unsigned i = 0; i < nq; i++)
+		if (was[i])
+			queue_wait_idle(c->q[i]);
+}
+
+static int queue_ring_setup(struct vub_queue *q)
+{
+	struct vub_conn *c = q->c;
+	uint32_t n = q->num;
+
+	q->packed = has_feature(c, VIRTIO_F_RING_PACKED);
+	q->event_idx = has_feature(c, VIRTIO_RING_F_EVENT_IDX);
+	q->indirect = has_feature(c, VIRTIO_RING_F_INDIRECT_DESC);
+	if (!q->packed) {
+		q->desc = vub_uva_to_host(&c->mem, q->desc_ua, 16ull * n);
+		q->avail = vub_uva_to_host(&c->mem, q->avail_ua, 6ull + 2ull * n);
+		q->used = vub_uva_to_host(&c->mem, q->used_ua, 6ull + 8ull * n);
+		if (!q->desc || !q->avail || !q->used)
+			return -EFAULT;
+		if (((uintptr_t)q->desc & 15) || ((uintptr_t)q->avail & 1) ||
+		    ((uintptr_t)q->used & 3))
+			return -EINVAL;
+		q->last_avail = (uint16_t)q->base;
+		q->used_idx = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+	} else {
+		q->pdesc = vub_uva_to_host(&c->mem, q->desc_ua, 16ull * n);
+		q->driver_ev = vub_uva_to_host(&c->mem, q->avail_ua, 4);
+		q->device_ev = vub_uva_to_host(&c->mem, q->used_ua, 4);
+		if (!q->pdesc || !q->driver_ev || !q->device_ev)
+			return -EFAULT;
+		if (((uintptr_t)q->pdesc & 15) || ((uintptr_t)q->driver_ev & 3) ||
+		    ((uintptr_t)q->device_ev & 3))
+			return -EINVAL;
+		q->last_avail = q->base & 0x7fff;
+		q->avail_wrap = q->base & 0x8000;
+		q->used_idx = q->last_avail;
+		q->used_wrap = q->avail_wrap;
+		if (q->last_avail >= n)
+			return -EINVAL;
+		/* Kicks: always without EVENT_IDX; with it, at the descriptor named in off_wrap
+		 * (set when the ring runs empty, see q_process_packed). */
+		__atomic_store_n(&q->device_ev->off_wrap, (uint16_t)0xffff, __ATOMIC_RELAXED);
+		__atomic_store_n(&q->device_ev->flags,
+				 q->event_idx ? VRING_PACKED_EVENT_FLAG_DESC
+					      : VRING_PACKED_EVENT_FLAG_ENABLE,
+				 __ATOMIC_RELAXED);
+	}
+	q->ifq = NULL;
+	if (c->if_map && !q->packed && q->idx < c->if_nq && n == c->if_qsize) {
+		size_t qsz =
+		    (sizeof(struct vub_inflight_queue) +
+		     sizeof(struct vub_inflight_desc) * c->if_qsize + VUB_INFLIGHT_ALIGN - 1) &
+		    ~(size_t)(VUB_INFLIGHT_ALIGN - 1);
+		if ((size_t)(q->idx + 1) * qsz <= c->if_size)
+			q->ifq = (void *)((uint8_t *)c->if_map + q->idx * qsz);
+	}
+	if (q->nreqs != n) {
+		free(q->reqs);
+		q->reqs = calloc(n, sizeof(*q->reqs));
+		if (!q->reqs) {
+			q->nreqs = 0;
+			return -ENOMEM;
+		}
+		q->nreqs = n;
+	}
+	q->free = NULL;
+	for (uint32_t i = 0; i < n; i++) {
+		q->reqs[i].q = q;
+		q->reqs[i].next_free = q->free;
+		q->free = &q->reqs[i];
+	}
+	q->inflight = 0;
+	return 0;
+}
+
+/* Start q if it has everything it needs. */
+void vub_queue_try_start(struct vub_queue *q)
+{
+	struct vub_conn *c = q->c;
+	int e;
+
+	if (q->running || q->broken || !q->enabled || q->kick_fd < 0 || !q->addr_set || !q->num ||
+	    !c->mem.n)
+		return;
+	e = queue_ring_setup(q);
+	if (e < 0) {
+		bd_log(BD_LOG_ERROR,
+		       "vhost-user-blk export '%s': queue %u: rings not in guest "
+		       "memory or misaligned; not started",
+		       c->exp->id, q->idx);
+		q->broken = true;
+		return;
+	}
+	bd_loop_call(q->loop, q_start_fn, q);
+}
+
+void vub_close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+void vub_queue_reset(struct vub_queue *q)
+{
+	vub_queue_stop(q);
+	vub_close_fd(&q->kick_fd);
+	vub_close_fd(&q->call_fd);
+	vub_close_fd(&q->err_fd);
+	q->num = 0;
+	q->addr_set = false;
+	q->enabled = true;
+	q->broken = false;
+	q->base = 0;
+}
