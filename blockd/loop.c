@@ -391,10 +391,13 @@ static void loop_iterate(struct bd_loop *loop)
 		if (d == 0)
 			wait_nr = 0;
 	}
+	/* Not waiting still has to enter with GETEVENTS: with DEFER_TASKRUN the kernel posts
+	 * completions only then, and a plain submit would leave them for the next sleep (or,
+	 * while quitting, forever). */
 	if (wait_nr)
 		r = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, wait_nr, tsp, NULL);
 	else
-		r = io_uring_submit(&loop->ring);
+		r = io_uring_submit_and_get_events(&loop->ring);
 	if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
 		bd_log(BD_LOG_ERROR, "loop %s: io_uring wait: %s", loop->name, strerror(-r));
 		abort();

@@ -198,11 +198,16 @@ static void shutdown_all(void)
 {
 	uint64_t t0 = bd_now_ns();
 
+#define STEP(what) bd_log(BD_LOG_DEBUG, "shutdown: %s after %llu ms", what, \
+			      (unsigned long long)((bd_now_ns() - t0) / 1000000))
 	bd_graph_release_held();
 	bd_qmp_shutdown();
+	STEP("control socket closed");
 	bd_pools_shutdown(); /* pools */
+	STEP("pools stopped");
 	bd_exports_shutdown();
 	bd_nbd_server_stop();
+	STEP("exports closed");
 	for (struct bd_node *n = bd_graph_next(NULL); n; n = bd_graph_next(n)) {
 		if (bd_node_read_only(n))
 			continue;
@@ -211,11 +216,10 @@ static void shutdown_all(void)
 			bd_log(BD_LOG_WARN, "flush of node '%s' failed: %s", bd_node_name(n),
 			       strerror(-r));
 	}
-	bd_log(BD_LOG_DEBUG, "shutdown: nodes flushed after %llu ms",
-	       (unsigned long long)((bd_now_ns() - t0) / 1000000));
+	STEP("nodes flushed");
 	bd_graph_close_all();
-	bd_log(BD_LOG_DEBUG, "shutdown: nodes closed after %llu ms",
-	       (unsigned long long)((bd_now_ns() - t0) / 1000000));
+	STEP("nodes closed");
+#undef STEP
 	bd_iothreads_destroy_all();
 	if (pidfile_written)
 		unlink(pidfile_path);
