@@ -1,7 +1,10 @@
 /*
- * qcow2-int.h - the qcow2 driver's private state, shared by qcow2.c (open/close/resize and the
- * asynchronous request engine, on the node's owner loop) and qcow2-create.c (blockdev-create,
- * control thread).
+ * qcow2-int.h - the qcow2 driver's private state and the functions its files share: qcow2.c
+ * (driver table, open/close/resize/describe; control thread), qcow2-io.c (the asynchronous
+ * request engine) with qcow2-cache.c (L2 cache) and qcow2-alloc.c (allocation, refcounts,
+ * metadata programs), all on the node's owner loop; qcow2-repair.c (open-time refcount repair
+ * and growth) and qcow2-snapshot.c (internal snapshots), control thread; qcow2-create.c
+ * (blockdev-create, control thread).
  */
 #ifndef BLOCKD_FORMATS_QCOW2_INT_H
 #define BLOCKD_FORMATS_QCOW2_INT_H
@@ -102,15 +105,182 @@ struct q2 {
 	uint8_t hdr_buf[512];
 };
 
+#define Q2_MAX_EXTENTS_SUB 64
+
+struct q2_refs;
+
+/* The request engine (qcow2-io.c): the states of a request. */
+enum q2_st {
+	ST_START,
+	/* read */
+	ST_R_NEXT,
+	ST_R_CHUNK_DONE,
+	ST_R_DECOMP,
+	/* write */
+	ST_W_NEXT,
+	ST_W_CHUNK_DONE,
+	ST_A_PLAN,
+	ST_A_COW_READ_DONE,
+	/* metadata program: shared by allocating writes, write-zeroes and discard */
+	ST_MP_P1,
+	ST_MP_P1_DONE,
+	ST_MP_P2_DONE,
+	ST_MP_P3_DONE,
+	/* new refcount block */
+	ST_RB_WRITTEN,
+	ST_RB_FLUSHED,
+	ST_RB_TABLE_DONE,
+	/* write-zeroes and discard */
+	ST_Z_NEXT,
+	ST_D_NEXT,
+	/* block status */
+	ST_B_NEXT,
+	ST_B_BACKING_DONE,
+	/* flush */
+	ST_F_DONE,
+	/* free program */
+	ST_FP_START,
+	ST_FP_FLUSHED,
+	ST_FP_DONE,
+};
+
+/* What an L2 update program changes. */
+struct q2_cow {
+	bool needed;
+	enum q2_ctype type;
+	uint64_t host, csize;   /* old cluster */
+	uint64_t guest;         /* guest offset of the cluster */
+	uint8_t *buf;           /* cluster-size buffer: the old contents */
+	uint8_t *cbuf;          /* compressed bytes */
+};
+
+struct q2_req {
+	struct bd_req *req; /* NULL for the free program */
+	struct q2 *s;
+	struct bd_loop *home;
+	struct bd_defer defer;
+	enum q2_st st;
+	int pending;
+	int err;
+	int ret;
+	bool counted;
+	bool waiting_lock;
+	struct q2_req *next;
+
+	uint64_t pos;  /* bytes of the request done */
+	uint64_t end;  /* bytes of the request to do */
+	uint64_t chunk;
+	enum q2_st w_ret;             /* where a write sub-range returns (write-zeroes) */
+	const struct iovec *src;      /* write data */
+	int srccnt;
+	uint64_t src_base;            /* request position of src's first byte */
+	struct iovec *iov;            /* slice scratch / data write */
+	int iovcap;
+	struct iovec *miov;           /* metadata writes */
+	int miovcap;
+	uint8_t *mbuf;                /* metadata write buffer (L1 / refcount table sector) */
+	uint8_t *buf;                 /* compressed read buffer */
+	uint64_t dc_host;
+	uint64_t dc_in;               /* offset in the decompressed cluster */
+
+	/* metadata program */
+	enum q2_st rb_ret; /* state after a new refcount block */
+	uint64_t rb_idx;
+	int slot;          /* pinned L2 slot, -1 none */
+	uint64_t l1i;
+	uint64_t newl2;    /* host offset of a new (or copied) L2 table, 0 none */
+	uint64_t oldl2;    /* the shared table a copy replaces (loses a reference) */
+	uint8_t *newtab;
+	uint64_t l2i;      /* first changed entry */
+	uint64_t nent;     /* changed entries */
+	uint64_t *ents;    /* new entries (host order) */
+	uint64_t entcap;
+	bool incr;         /* refcounts were incremented: flush before P3 */
+	struct q2_free *fr;
+	unsigned nfr, frcap;
+	/* data write of an allocation */
+	bool dwrite;
+	uint64_t dhost;
+	uint64_t dlen;
+	int diovcnt;
+	struct q2_cow cow[2];
+
+	/* block status */
+	struct bd_extent bext[Q2_MAX_EXTENTS_SUB];
+	uint64_t bs_len;
+
+	/* free program */
+	struct q2_free *fp;
+	unsigned nfp;
+};
+
 /* qcow2.c: synchronous helpers (control thread). */
 int q2_sync_read(struct bd_node *file, uint64_t off, void *buf, uint64_t len);
 int q2_sync_write(struct bd_node *file, uint64_t off, const void *buf, uint64_t len);
 int q2_sync_flush(struct bd_node *file);
 
-/* qcow2.c: a never-written buffer of zeroes, 2 MiB long. */
+/* qcow2-io.c: a never-written buffer of zeroes, 2 MiB long. */
 void *q2_zero_buf(void);
 
-/* qcow2.c: internal snapshots [control, node drained]; for the driver ops requested in
+/* qcow2.c: the file child's node; corruption reports (owner loop or control thread: a fatal
+ * report marks the node broken, and on the owner loop also marks the image corrupt on disk). */
+struct bd_node *q2_fnode(struct q2 *s);
+void q2_corrupt(struct q2 *s, uint64_t off, uint64_t size, bool fatal, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+/* qcow2.c [control]: wait for a running free program to end; apply pending frees synchronously. */
+void q2_quiesce(struct q2 *s);
+void q2_apply_frees_sync(struct q2 *s);
+
+/* qcow2-io.c: the request engine [owner loop; q2_submit on any loop]. */
+void q2_wake(struct q2_req *qr);
+void q2_add_free(struct q2_req *qr, uint64_t off, uint64_t len, bool discard);
+void q2_sub_io(struct q2_req *qr, struct bd_child *child, enum bd_op op, uint64_t off,
+	       uint64_t len, struct iovec *iov, int iovcnt, uint32_t flags);
+struct iovec *q2_iov_need(struct q2_req *qr, int n);
+struct iovec *q2_miov_need(struct q2_req *qr, int n);
+int q2_slice(const struct iovec *src, int cnt, uint64_t off, uint64_t len,
+	     struct iovec *dst);
+int q2_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *req);
+
+/* qcow2-cache.c: the L2 table cache [owner loop]. */
+int q2_l2_get(struct q2_req *qr, uint64_t off, int *slot, uint64_t *l1e);
+uint64_t q2_l2_raw(struct q2 *s, int slot, uint64_t l2i);
+int q2_l2_entry(struct q2 *s, int slot, uint64_t l2i, struct q2_l2e *e);
+
+/* qcow2-alloc.c: in-memory refcounts (also [control] while no request runs), the overlap check,
+ * the metadata lock, allocation, the metadata program (allocating writes, write-zeroes, discard),
+ * COW, the free program [owner loop]. */
+uint64_t q2_rc_get(struct q2 *s, uint64_t ci);
+int q2_rc_set(struct q2 *s, uint64_t ci, uint64_t v);
+const char *q2_meta_overlap(struct q2 *s, uint64_t off, uint64_t len);
+bool q2_lock_take(struct q2_req *qr);
+void q2_maybe_free(struct q2 *s);
+void q2_lock_release(struct q2 *s);
+bool q2_in_place(struct q2 *s, const struct q2_l2e *e);
+int q2_alloc_find(struct q2 *s, uint64_t want, uint64_t *first, uint64_t *got,
+		  uint64_t *need_rb);
+int q2_alloc_take(struct q2 *s, uint64_t c, uint64_t n);
+int q2_mp_step(struct q2_req *qr);
+bool q2_reads_zero_unalloc(struct q2 *s, uint64_t guest);
+int q2_cow_finish(struct q2_req *qr, struct q2_cow *cw);
+int q2_alloc_plan(struct q2_req *qr);
+int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unmap);
+void q2_fp_run(struct q2_req *fq);
+
+/* qcow2-repair.c: open-time metadata, refcount repair and refcount table growth [control]. */
+int q2_load_refcounts(struct q2 *s, uint64_t fsize, struct bd_err *err);
+int q2_write_header_fixed(struct q2 *s, struct bd_err *err);
+int q2_load_snapshots(struct q2 *s, uint64_t fsize, struct q2_refs *rf, struct bd_err *err);
+int q2_fix_copied_flags(struct q2 *s, const uint64_t *ref, uint64_t nref, uint64_t *fixed,
+			struct bd_err *err);
+int q2_bitmaps_walk(struct q2 *s, uint64_t fsize, struct q2_refs *rf, struct bd_err *err);
+int q2_repair_refcounts(struct q2 *s, uint64_t fsize, struct bd_err *err);
+uint64_t q2_alloc_end_cluster(struct q2 *s);
+uint64_t q2_max_file_bytes(struct q2 *s, uint64_t used_end);
+int q2_grow_reftable(struct q2 *s, uint64_t max_bytes, struct bd_err *err);
+int q2_prepare_growth(struct q2 *s, struct bd_err *err);
+
+/* qcow2-snapshot.c: internal snapshots [control, node drained]; for the driver ops requested in
  * docs/core-requests.md ("qcow2" 5).  id may be NULL (next free number) for create; delete
  * matches id and/or name. */
 int q2_snapshot_create(struct bd_node *node, const char *id, const char *name,
