@@ -1,11 +1,12 @@
 #!/bin/bash
 # run-default.sh - install dependencies, build, and run blockd in the foreground on the embedded
-# default configuration: var/default.img (1 GiB sparse raw, created if missing) exported over NBD
+# default configuration: var/pools/default/demo.img (1 GiB sparse raw, a volume of the autostarted
+# "default" dir pool, created if missing) exported over NBD
 # as "default" on 127.0.0.1:10809 and on the unix socket var/nbd.sock.  Ctrl-C stops it.
 #
 # Usage: ./scripts/run-default.sh [EXTRA BLOCKD ARGS...]
 # Environment: BUILD_DIR (default build), BLOCKD_PORT (default 10809), BLOCKD_IMAGE (default
-# var/default.img), BLOCKD_IMAGE_SIZE (default 1G, only used when creating the image),
+# var/pools/default/demo.img), BLOCKD_IMAGE_SIZE (default 1G, only used when creating the image),
 # BD_SKIP_DEPS=1 (don't run setup-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +42,7 @@ for t in json.load(sys.stdin):
 [ -x "$blockd" ] || { echo "run-default: no blockd binary in $B" >&2; exit 1; }
 
 port=${BLOCKD_PORT:-10809}
-img=${BLOCKD_IMAGE:-var/default.img}
+img=${BLOCKD_IMAGE:-var/pools/default/demo.img}
 mkdir -p var "$(dirname "$img")"
 case $img in /*) ;; *) img=$root/$img ;; esac
 sock=$root/var/nbd.sock
