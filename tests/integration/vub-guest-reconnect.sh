@@ -30,8 +30,11 @@ GUEST
 vub_guest_build "$T/test.sh"
 
 bd_sparse_image "$T/img" 64M
-# A throttle filter keeps requests in flight inside blockd, so that every kill hits some.
-args=(--object throttle-group,id=tg,x-iops-total=300
+# A throttle filter keeps requests in flight inside blockd, so that every kill hits some: at
+# 150 IOPS a round's 256 writes take about 1.7 s, and each kill comes 0.5 s into a round,
+# when both dd processes have requests waiting in the bucket (kills right at a round's start
+# sometimes found nothing in flight under ASan and TCG).
+args=(--object throttle-group,id=tg,x-iops-total=150
 	--blockdev driver=file,node-name=f,filename="$T/img"
 	--blockdev driver=raw,node-name=r,file=f
 	--blockdev driver=throttle,node-name=t,throttle-group=tg,file=r
@@ -41,6 +44,7 @@ first=$BD_PID
 
 VUB_CHARDEV_OPTS=",reconnect=1" vub_guest_start "$T/vub.sock" 2
 bd_wait_for 120 grep -aq "GUEST: round 3" "$T/guest.log"
+sleep 0.5
 kill -KILL "$first"
 wait "$first" 2>/dev/null || true
 _bd_forget_pid "$first"
@@ -49,6 +53,7 @@ sleep 0.5
 bd_start "${args[@]}"
 bd_wait_for 120 grep -aq "GUEST: round 7" "$T/guest.log"
 # and once more, while the guest is writing
+sleep 0.5
 kill -KILL "$BD_PID"
 wait "$BD_PID" 2>/dev/null || true
 _bd_forget_pid "$BD_PID"
