@@ -153,6 +153,10 @@ int bd_opts_enum(json_t *opts, const char *key, const char *const *names, int *o
 int bd_opts_obj(json_t *opts, const char *key, json_t **out, struct bd_err *err);
 /* [any] Mark a key used without reading it. */
 void bd_opts_mark_used(json_t *opts, const char *key);
+/* [any] Has a getter (or bd_opts_mark_used) read key? */
+bool bd_opts_is_used(json_t *opts, const char *key);
+/* [any] Is key one of the getters' used-marks (to skip when walking an object by hand)? */
+bool bd_opts_is_mark(const char *key);
 /* [any] -EINVAL with "Invalid parameter 'prefix.key'" for the first key not read by a getter
  * (recursing into sub-objects that were read), else 0. */
 int bd_opts_check_unused(json_t *opts, const char *prefix, struct bd_err *err);

@@ -31,10 +31,13 @@ void bd_opts_mark_used(json_t *opts, const char *key)
 	mark(opts, key);
 }
 
-static bool is_mark(const char *key)
+bool bd_opts_is_mark(const char *key)
 {
 	return key[0] == MARK;
 }
+
+#define is_mark bd_opts_is_mark
+
 
 static bool is_marked(json_t *opts, const char *key)
 {
@@ -44,6 +47,11 @@ static bool is_marked(json_t *opts, const char *key)
 	buf[0] = MARK;
 	strcpy(buf + 1, key);
 	return json_object_get(opts, buf) != NULL;
+}
+
+bool bd_opts_is_used(json_t *opts, const char *key)
+{
+	return is_marked(opts, key);
 }
 
 /* A value that was read as a sub-object: recurse into it. */

@@ -32,7 +32,6 @@
 #include <string.h>
 
 #define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-#define MARK_CHAR '\001' /* the core's "key was read" marks in option objects: skip them */
 
 struct thr_timer {
 	struct bd_timer t;
@@ -454,7 +453,7 @@ static int apply_limits(struct thr_config *cfg, json_t *limits, const char *pref
 		char what[128];
 		int64_t x;
 
-		if (key[0] == MARK_CHAR)
+		if (bd_opts_is_mark(key))
 			continue;
 		snprintf(what, sizeof(what), "%s%s", prefix, key);
 		int p = param_find(key);
@@ -615,7 +614,7 @@ static int tg_add(const char *id, json_t *props, struct bd_err *err)
 		int64_t x;
 		int p = -1;
 
-		if (key[0] == MARK_CHAR || strcmp(key, "limits") == 0)
+		if (bd_opts_is_mark(key) || strcmp(key, "limits") == 0)
 			continue;
 		if (strncmp(key, "x-", 2) == 0)
 			p = param_find(key + 2);
