@@ -625,6 +625,40 @@ json_t *bd_node_options(struct bd_node *node)
 	return node->opts;
 }
 
+/* A driver without reopen() cannot change its own options: each key the core and the children
+ * did not read must have the value the node was opened with.  Unknown keys are left unread, so
+ * that bd_opts_check_unused() names them. */
+static int keep_driver_options(struct bd_node *node, json_t *opts, struct bd_err *err)
+{
+	const char *key;
+	json_t *val;
+
+	json_object_foreach(opts, key, val)
+	{
+		json_t *old;
+		if (bd_opts_is_mark(key) || bd_opts_is_used(opts, key))
+			continue;
+		old = json_object_get(node->opts, key);
+		if (old && !json_equal(old, val))
+			return bd_err_set(err, -ENOTSUP, "Cannot change the option '%s'", key);
+	}
+	/* mark in a second pass: adding marks while walking would change the object under us */
+	json_t *copy = json_object();
+	json_object_foreach(opts, key, val)
+	{
+		if (!bd_opts_is_mark(key) && !bd_opts_is_used(opts, key) &&
+		    json_object_get(node->opts, key))
+			json_object_set(copy, key, val);
+	}
+	json_object_foreach(copy, key, val)
+	{
+		(void)val;
+		bd_opts_mark_used(opts, key);
+	}
+	json_decref(copy);
+	return 0;
+}
+
 int bd_node_reopen(struct bd_node *node, json_t *given, struct bd_err *err)
 {
 	json_t *opts = json_deep_copy(given);
@@ -669,29 +703,28 @@ int bd_node_reopen(struct bd_node *node, json_t *given, struct bd_err *err)
 			}
 		}
 	}
+	/* Everything is checked before anything changes: a refused reopen leaves the node as it
+	 * was.  A driver with reopen() reads its own options there, so its unknown keys can only
+	 * be found after it ran; drivers must check their options before applying them. */
+	if (!node->drv->reopen) {
+		if ((r = keep_driver_options(node, opts, err)) < 0 ||
+		    (r = bd_opts_check_unused(opts, NULL, err)) < 0)
+			goto out;
+	}
 	bd_node_drain(node);
 	if (node->drv->reopen) {
 		struct bd_node_common saved = node->common;
 		node->common = common; /* the driver sees the new common options */
 		r = node->drv->reopen(node, opts, err);
+		if (r == 0)
+			r = bd_opts_check_unused(opts, NULL, err);
 		if (r < 0) {
 			node->common = saved;
 			goto out;
 		}
 	} else {
-		/* a driver without reopen() keeps its own options: mark them as read */
-		const char *key;
-		json_t *val;
-		json_object_foreach(opts, key, val)
-		{
-			(void)val;
-			if (key[0] != '\001')
-				bd_opts_mark_used(opts, key);
-		}
 		node->common = common;
 	}
-	if ((r = bd_opts_check_unused(opts, NULL, err)) < 0)
-		goto out;
 	node->limits.ops = node->drv_ops;
 	if (node->common.read_only)
 		node->limits.ops &= ~(BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_WRITE_ZEROES) |
