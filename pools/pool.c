@@ -256,17 +256,37 @@ static void gen_uuid(char out[37])
 		 b[13], b[14], b[15]);
 }
 
-static const struct pool_backend *backend_for(const char *type)
+/* Every backend of this build.  A build without a library (librbd, gfapi, ...) leaves its
+ * backend out: the type is then listed as unsupported. */
+static const struct pool_backend *const backends[] = {
+	&bd_pool_backend_dir,
+	&bd_pool_backend_fs,
+	&bd_pool_backend_disk,
+	&bd_pool_backend_logical,
+	NULL,
+};
+
+/* The backend for type (and for netfs, the source format; NULL = any backend of the type). */
+static const struct pool_backend *backend_for_format(const char *type, const char *format)
 {
-	if (!strcmp(type, "dir"))
-		return &bd_pool_backend_dir;
-	if (!strcmp(type, "fs"))
-		return &bd_pool_backend_fs;
-	if (!strcmp(type, "disk"))
-		return &bd_pool_backend_disk;
-	if (!strcmp(type, "logical"))
-		return &bd_pool_backend_logical;
+	for (size_t i = 0; backends[i]; i++) {
+		const struct pool_backend *be = backends[i];
+		if (strcmp(be->type, type))
+			continue;
+		if (!be->netfs_format || !format)
+			return be;
+		if (!strcmp(be->netfs_format, !strcmp(format, "auto") ? "nfs" : format))
+			return be;
+	}
 	return NULL;
+}
+
+static const struct pool_backend *backend_for(const struct bd_pool_def *def)
+{
+	const char *fmt = def->source.format;
+	if (!strcmp(def->type, "netfs") && !fmt)
+		fmt = "nfs";
+	return backend_for_format(def->type, fmt);
 }
 
 static struct pool *find_pool(const char *key)
@@ -420,7 +440,7 @@ static int add_def(struct bd_pool_def *def, bool persistent, struct pool **out, 
 	}
 	if ((r = check_duplicate(def, p, err)) < 0)
 		goto fail;
-	const struct pool_backend *be = backend_for(def->type);
+	const struct pool_backend *be = backend_for(def);
 	if (!def->uuid[0]) {
 		if (p)
 			memcpy(def->uuid, p->def->uuid, sizeof(def->uuid));
@@ -955,7 +975,7 @@ json_t *bd_pool_capabilities(void)
 	json_t *types = json_array();
 	fprintf(f, "<storagepoolCapabilities>\n");
 	for (int i = 0; bd_pool_types[i]; i++) {
-		const struct pool_backend *be = backend_for(bd_pool_types[i]);
+		const struct pool_backend *be = backend_for_format(bd_pool_types[i], NULL);
 		fprintf(f, "  <pool type='%s' supported='%s'>\n", bd_pool_types[i],
 			be ? "yes" : "no");
 		if (be && !be->file_vols) {
@@ -1034,6 +1054,9 @@ char *bd_pool_find_sources(const char *type, const char *spec, struct bd_err *er
 	}
 	if (!strcmp(type, "logical"))
 		return bd_pool_logical_find_sources(err);
+	for (size_t i = 0; backends[i]; i++)
+		if (!strcmp(backends[i]->type, type) && backends[i]->find_sources)
+			return backends[i]->find_sources(spec, err);
 	bd_err_set(err, -ENOTSUP,
 		   "find-storage-pool-sources is not supported for pool type '%s' (supported: fs, "
 		   "logical)",

@@ -56,6 +56,21 @@ struct pool_backend {
 	int (*vol_delete)(struct pool *p, struct vol *v, struct bd_err *err);
 	int (*vol_resize)(struct pool *p, struct vol *v, uint64_t cap, unsigned flags,
 			  struct bd_err *err);
+	/* Optional, for volumes that are neither files nor block devices at v->path (rbd
+	 * images, iSCSI LUNs, files on a gluster or NFS server): the options of the protocol
+	 * node that reaches v, i.e. the "file" child of the volume's format node, as a new JSON
+	 * object ({"driver": "rbd", "pool": ..., "image": ...}).  NULL with err set. */
+	json_t *(*vol_file_opts)(struct pool *p, struct vol *v, struct bd_err *err);
+	/* Optional: wipe v with algorithm alg (zero, trim, random, ...), for backends whose
+	 * volumes have no local fd.  Without it wipe/upload/download need v->path to be a local
+	 * file or block device. */
+	int (*vol_wipe)(struct pool *p, struct vol *v, const char *alg, struct bd_err *err);
+	/* Optional: find-storage-pool-sources for this type: malloc'd <sources> XML, or NULL
+	 * with err set.  spec is the optional <source> XML the caller gave (may be NULL). */
+	char *(*find_sources)(const char *spec, struct bd_err *err);
+	/* netfs only: the <source><format type=.../> this backend serves (glusterfs, nfs); a
+	 * netfs pool without a format is served by the "nfs" one.  NULL for other types. */
+	const char *netfs_format;
 };
 
 struct pool {
@@ -70,6 +85,7 @@ struct pool {
 	struct pool *next;
 };
 
+/* The backends, one file each; the table in pool.c lists them. */
 extern const struct pool_backend bd_pool_backend_dir, bd_pool_backend_fs, bd_pool_backend_disk,
     bd_pool_backend_logical;
 

@@ -1158,6 +1158,17 @@ int bd_vol_wipe(const char *pool, const char *name, const char *alg, uint64_t *j
 				  alg);
 	if ((r = check_vol_unused(p, v, err)) < 0)
 		return r;
+	if (p->be->vol_wipe) {
+		if ((r = p->be->vol_wipe(p, v, alg, err)) < 0)
+			return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
+		after_change(p, v);
+		if (job_id)
+			*job_id = 0; /* done already */
+		return 0;
+	}
+	if (p->be->vol_file_opts)
+		return bd_err_set(err, -ENOTSUP, "pool '%s' (type %s) cannot wipe volumes",
+				  p->def->name, p->def->type);
 	if (!strcmp(v->format, "qcow2")) {
 		if (strcmp(alg, "zero"))
 			return bd_err_set(err, -ENOTSUP,
@@ -1210,6 +1221,11 @@ int bd_vol_upload(const char *pool, const char *name, const char *file, uint64_t
 		return err->code;
 	if ((r = check_vol_unused(p, v, err)) < 0)
 		return r;
+	if (p->be->vol_file_opts)
+		return bd_err_set(err, -ENOTSUP,
+				  "upload into volumes of a '%s' pool is not supported yet (open "
+				  "the volume and write through an export)",
+				  p->def->type);
 	in = open(file, O_RDONLY | O_CLOEXEC);
 	if (in < 0)
 		return bd_err_set(err, -errno, "cannot open '%s': %s", file, strerror(errno));
@@ -1256,6 +1272,11 @@ int bd_vol_download(const char *pool, const char *name, const char *file, uint64
 	int in, out, r;
 	if (!v)
 		return err->code;
+	if (p->be->vol_file_opts)
+		return bd_err_set(err, -ENOTSUP,
+				  "download from volumes of a '%s' pool is not supported yet (open "
+				  "the volume and read through an export)",
+				  p->def->type);
 	uint64_t base, vsize;
 	in = vol_fd(v, O_RDONLY, &base, &vsize, err);
 	if (in < 0)
@@ -1373,7 +1394,13 @@ int bd_vol_open(const char *pool, const char *name, const char *node_name, bool 
 	if (!strcmp(fmt, "qcow2") && !bd_driver_find("qcow2"))
 		return bd_err_set(err, -ENOTSUP, "this blockd has no qcow2 driver");
 	json_t *o;
-	if (v->dev) {
+	if (p->be->vol_file_opts) {
+		json_t *file = p->be->vol_file_opts(p, v, err);
+		if (!file)
+			return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
+		o = json_pack("{s:s,s:s,s:b,s:o}", "driver", fmt, "node-name", node_name,
+			      "read-only", read_only, "file", file);
+	} else if (v->dev) {
 		/* an LV without device-mapper: a raw window of its physical volume */
 		struct stat st;
 		bool blk = stat(v->dev, &st) == 0 && S_ISBLK(st.st_mode);
