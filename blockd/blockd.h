@@ -119,6 +119,30 @@ static inline void bd_timer_init(struct bd_timer *t, void (*fire)(struct bd_time
 	t->heap_index = -1;
 }
 
+/* A readiness watch on a file descriptor, for libraries that do their own socket I/O (libiscsi,
+ * libnfs, libnbd).  ready() runs on the loop with the poll(2) revents that happened (POLLIN,
+ * POLLOUT, POLLERR, POLLHUP); the watch re-arms itself afterwards with the events then wanted.
+ * Embed it; the fields are core private. */
+struct bd_poll {
+	void (*ready)(struct bd_poll *p, int revents);
+	void (*stopped)(struct bd_poll *p);
+	struct bd_io io, cancel_io;
+	struct bd_defer stop_defer;
+	struct bd_loop *loop;
+	int fd;
+	unsigned want, armed;
+	bool in_flight, cancel_in_flight, stopping;
+};
+/* [any] Prepare p (not watching anything yet). */
+void bd_poll_init(struct bd_poll *p, void (*ready)(struct bd_poll *p, int revents));
+/* [loop] Watch fd for events (POLLIN, POLLOUT) on loop, the calling thread's loop.  Call again
+ * whenever the set changes (e.g. POLLOUT while the library has bytes queued); events 0 pauses.
+ * Cheap when nothing changes. */
+void bd_poll_set(struct bd_loop *loop, struct bd_poll *p, int fd, unsigned events);
+/* [loop] Stop watching.  stopped(p) (may be NULL) runs on the loop once the ring no longer refers
+ * to p: only then may p be freed or its fd closed.  ready() is not called after bd_poll_stop(). */
+void bd_poll_stop(struct bd_poll *p, void (*stopped)(struct bd_poll *p));
+
 /* [control] The I/O loops other than main, for spreading work: the default loop first, then the
  * iothread objects in creation order.  bd_io_loop_next() picks round-robin. */
 unsigned bd_io_loop_count(void);
