@@ -263,6 +263,22 @@ static const struct pool_backend *const backends[] = {
 	&bd_pool_backend_fs,
 	&bd_pool_backend_disk,
 	&bd_pool_backend_logical,
+#ifdef BD_HAVE_POOL_ISCSI
+	&bd_pool_backend_iscsi,
+	&bd_pool_backend_iscsi_direct,
+#endif
+#ifdef BD_HAVE_POOL_RBD
+	&bd_pool_backend_rbd,
+#endif
+#ifdef BD_HAVE_POOL_GLUSTER
+	&bd_pool_backend_gluster,
+#endif
+#ifdef BD_HAVE_POOL_NETFS_GLUSTER
+	&bd_pool_backend_netfs_gluster,
+#endif
+#ifdef BD_HAVE_POOL_NETFS_NFS
+	&bd_pool_backend_netfs_nfs,
+#endif
 	NULL,
 };
 

@@ -88,6 +88,11 @@ struct pool {
 /* The backends, one file each; the table in pool.c lists them. */
 extern const struct pool_backend bd_pool_backend_dir, bd_pool_backend_fs, bd_pool_backend_disk,
     bd_pool_backend_logical;
+/* Network pool types (pools/iscsi.c, rbd.c, gluster.c, netfs-gluster.c, netfs-nfs.c), built with
+ * their libraries (BD_HAVE_POOL_* from pools/meson.build). */
+extern const struct pool_backend bd_pool_backend_iscsi, bd_pool_backend_iscsi_direct,
+    bd_pool_backend_rbd, bd_pool_backend_gluster, bd_pool_backend_netfs_gluster,
+    bd_pool_backend_netfs_nfs;
 
 /* pool.c */
 const char *bd_pool_state_name(enum pool_state s);

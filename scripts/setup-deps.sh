@@ -19,6 +19,11 @@ PACKAGES=(
 	qemu-system-x86 busybox-static cpio
 	# storage pools: libvirt XML (libxml2); fs, disk and logical pools' tools
 	libxml2-dev e2fsprogs xfsprogs fdisk parted lvm2
+	# network back ends: libraries of the drivers, and the servers the slow tests start on
+	# 127.0.0.1 (tgtd, a one-node Ceph, glusterd, nfs-ganesha with rpcbind in a netns)
+	libiscsi-dev libiscsi-bin tgt librbd-dev librados-dev ceph-mon ceph-osd ceph-common
+	glusterfs-server glusterfs-client libglusterfs-dev nfs-ganesha nfs-ganesha-vfs libnfs-dev
+	libnfs-utils rpcbind uuid-runtime iproute2
 )
 
 if [ "${BD_SKIP_DEPS:-0}" = 1 ]; then
