@@ -7,6 +7,8 @@
 
 #include "pools/pools.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/types.h>
 
 extern const char *const bd_pool_types[];
@@ -108,9 +110,50 @@ int bd_pool_dir_vol_delete(struct pool *p, struct vol *v, struct bd_err *err);
 int bd_pool_dir_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned flags,
 			   struct bd_err *err);
 void bd_pool_vols_clear(struct pool *p);
-/* vol.c: does a volume of pool have a worker-thread operation running?  Join them all. */
+/* vol-task.c: the data phase of wipe, upload, download and clone. */
+enum vol_task_kind { VT_WIPE, VT_UPLOAD, VT_DOWNLOAD, VT_CLONE };
+struct vol_task {
+	enum vol_task_kind kind;
+	const char *op; /* wipe, upload, download, clone: the event's "operation" */
+	int in, out;    /* owned by the task (closed when it ends); VT_WIPE: out only */
+	uint64_t in_off, out_off;
+	uint64_t len;      /* bytes (UINT64_MAX: to the end of the source stream) */
+	uint64_t out_base; /* VT_UPLOAD: where the volume starts in out */
+	uint64_t limit;    /* VT_UPLOAD: offset in out the data must not pass (0 = none) */
+	int alg;           /* VT_WIPE: bd_vol_wipe_alg_find() */
+	bool punch;        /* VT_WIPE zero/trim: may punch holes */
+	bool sparse;       /* VT_DOWNLOAD: leave zero blocks as holes */
+	char *path;        /* VT_CLONE: the new file (the finish hook removes it on failure) */
+	/* [control] after the run, inline or when reaped: result says how it went */
+	void (*finish)(struct vol_task *t);
+	/* results */
+	int result;
+	struct bd_err err;
+	uint64_t copied;
+	atomic_uint_fast64_t progress;
+	/* core of the list */
+	uint64_t id;
+	char *pool, *vol;
+	pthread_t th;
+	atomic_bool done;
+	struct vol_task *next;
+};
+struct vol_task *bd_vol_task_new(enum vol_task_kind kind, const char *op);
+void bd_vol_task_free(struct vol_task *t);
+/* Run t inline (job_id NULL; the error in err) or on a worker thread (*job_id gets its number,
+ * POOL_VOLUME_JOB_COMPLETED reports the end).  Consumes t, also on failure. */
+int bd_vol_task_start(struct vol_task *t, const char *pool, const char *vol, uint64_t *job_id,
+		      struct bd_err *err);
+/* Is an operation running on the volume / on any volume of the pool?  Join them all. */
+bool bd_vol_task_busy(const char *pool, const char *vol);
 bool bd_pool_has_tasks(const char *pool);
 void bd_pool_tasks_shutdown(void);
+/* Wipe algorithms: an index, or -1 if name is unknown; the list for messages; passes. */
+int bd_vol_wipe_alg_find(const char *name);
+const char *bd_vol_wipe_alg_names(void);
+unsigned bd_vol_wipe_alg_passes(int alg);
+/* Is fd a pipe or socket (streamed in order) rather than a file or block device? */
+bool bd_vol_fd_is_stream(int fd);
 /* logical.c: find-storage-pool-sources for type logical (malloc'd XML, NULL with err). */
 char *bd_pool_logical_find_sources(struct bd_err *err);
 void bd_vol_free(struct vol *v);

@@ -151,15 +151,23 @@ int bd_vol_resize(const char *pool, const char *vol, uint64_t capacity, unsigned
 		  struct bd_err *err);
 /* Wipe, upload, download: with job_id NULL the operation is done when the call returns; else
  * the data is moved on a worker thread, *job_id gets the job's number (0: already done) and
- * the POOL_VOLUME_JOB_COMPLETED event {job, pool, vol, operation[, error]} reports the end.
- * Meanwhile the volume refuses other changes (-EBUSY). */
+ * the POOL_VOLUME_JOB_COMPLETED event {job, pool, vol, operation, bytes[, error]} reports the
+ * end.  Meanwhile the volume refuses other changes (-EBUSY) and bd_vol_jobs() shows progress.
+ * algorithm: zero (default), trim, random, nnsa, dod, bsi, gutmann, schneier, pfitzner7,
+ * pfitzner33 (virsh vol-wipe's list; the patterns of scrub(1)). */
 int bd_vol_wipe(const char *pool, const char *vol, const char *algorithm, uint64_t *job_id,
 		struct bd_err *err);
-/* Copy between the volume's bytes and a file on the daemon's host (see docs/pools.md). */
-int bd_vol_upload(const char *pool, const char *vol, const char *file, uint64_t offset,
+/* Copy between the volume's bytes and a file on the daemon's host or a file descriptor the
+ * client passed (fd >= 0, consumed: a file, or a pipe/socket streamed in order; then file is
+ * ignored).  length 0 = the whole source (an upload stream: up to its end). */
+int bd_vol_upload(const char *pool, const char *vol, const char *file, int fd, uint64_t offset,
 		  uint64_t length, uint64_t *job_id, struct bd_err *err);
-int bd_vol_download(const char *pool, const char *vol, const char *file, uint64_t offset,
-		    uint64_t length, bool sparse, uint64_t *job_id, struct bd_err *err);
+int bd_vol_download(const char *pool, const char *vol, const char *file, int fd,
+		    uint64_t offset, uint64_t length, bool sparse, uint64_t *job_id,
+		    struct bd_err *err);
+/* The running volume jobs: [{job, pool, vol, operation, done, total}] (bytes; total 0 when
+ * unknown, e.g. an upload from a pipe). */
+json_t *bd_vol_jobs(void);
 
 json_t *bd_vol_list(const char *pool, struct bd_err *err); /* [{name, path, type, key,
 							    *   format, capacity, allocation}] */

@@ -1,7 +1,7 @@
 /*
  * vol.c - volumes of the file-based pools (dir, fs): the refresh scan with its cache, volume
- * create / clone / delete / resize / wipe / upload / download, the volume queries and opening a
- * volume as a graph node.  [control thread]
+ * create / clone / delete / resize / wipe / upload / download (their data phase is in
+ * vol-task.c), the volume queries and opening a volume as a graph node.  [control thread]
  *
  * Refresh is incremental: a file whose inode, size and mtime did not change keeps its probed
  * format and sizes, so a refresh of a large pool costs one readdir and one fstatat per file.
@@ -20,10 +20,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define COPY_CHUNK (1u << 20)
-
-/* Set at shutdown: worker-thread copies stop at the next chunk (-ECANCELED). */
-static atomic_bool tasks_cancel;
 
 /* ---- the cache ---- */
 
@@ -443,68 +439,6 @@ static struct vol *find_vol(const char *pool, const char *name, struct pool **pp
 
 static struct vol *find_vol_idle(const char *pool, const char *name, struct pool **pp,
 				 struct bd_err *err);
-static int clone_start(struct pool *p, const char *name, const char *path, int in, int out,
-		       uint64_t len, uint64_t *job_id, struct bd_err *err);
-
-/* ---- file copying ---- */
-
-/* Copy len bytes (UINT64_MAX: to the end of in) from in at ioff to out at ooff, leaving holes
- * where in has holes (sparse) or zero blocks (zero_holes).  *copied gets the byte count. */
-static int copy_range(int in, uint64_t ioff, int out, uint64_t ooff, uint64_t len, bool zero_holes,
-		      uint64_t *copied, struct bd_err *err)
-{
-	char *buf = malloc(COPY_CHUNK);
-	uint64_t done = 0;
-	int r = 0;
-	if (!buf)
-		return bd_err_set(err, -ENOMEM, "out of memory");
-	while (done < len) {
-		size_t want = len - done < COPY_CHUNK ? (size_t)(len - done) : COPY_CHUNK;
-		if (atomic_load(&tasks_cancel)) {
-			r = bd_err_set(err, -ECANCELED, "cancelled: blockd is shutting down");
-			break;
-		}
-		/* skip holes of the source quickly */
-		off_t data = lseek(in, (off_t)(ioff + done), SEEK_DATA);
-		if (data < 0 && errno == ENXIO)
-			break; /* only a hole up to the end */
-		if (data > (off_t)(ioff + done)) {
-			uint64_t skip = (uint64_t)data - (ioff + done);
-			done += skip < len - done ? skip : len - done;
-			continue;
-		}
-		ssize_t n = pread(in, buf, want, (off_t)(ioff + done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			r = bd_err_set(err, -errno, "read failed: %s", strerror(errno));
-			break;
-		}
-		if (n == 0)
-			break;
-		if (!(zero_holes && bd_buf_is_zero(buf, (size_t)n))) {
-			size_t off = 0;
-			while (off < (size_t)n) {
-				ssize_t w = pwrite(out, buf + off, (size_t)n - off,
-						   (off_t)(ooff + done + off));
-				if (w < 0 && errno == EINTR)
-					continue;
-				if (w < 0) {
-					r = bd_err_set(err, -errno, "write failed: %s",
-						       strerror(errno));
-					goto out;
-				}
-				off += (size_t)w;
-			}
-		}
-		done += (uint64_t)n;
-	}
-out:
-	free(buf);
-	if (copied)
-		*copied = done;
-	return r;
-}
 
 /* ---- create ---- */
 
@@ -546,6 +480,27 @@ static int create_qcow2(const char *path, struct bd_vol_def *def, bool prealloc,
 	struct bd_err e2 = {0};
 	bd_graph_del(tmp, &e2);
 	return r;
+}
+
+/* [control] The end of a volume task: list a cloned volume or remove its partial file; reread
+ * a changed volume. */
+static void task_finished(struct vol_task *t)
+{
+	struct bd_err e = {0};
+	struct pool *p = bd_pool_lookup_running(t->pool, &e);
+	struct vol *v = p ? bd_pool_vol_find(p, t->vol) : NULL;
+	if (t->kind == VT_CLONE) {
+		if (t->result < 0) {
+			unlink(t->path);
+		} else if (p && !v) {
+			v = vol_new(p->def->target_path, t->vol);
+			if (v && (vol_stat(v, -1, NULL, true) < 0 || vol_append(p, v) < 0))
+				bd_vol_free(v);
+		}
+		return;
+	}
+	if (p && v && t->kind != VT_DOWNLOAD && t->result == 0)
+		after_change(p, v);
 }
 
 int bd_pool_dir_vol_create(struct pool *p, struct bd_vol_def *def,
@@ -600,19 +555,24 @@ int bd_pool_dir_vol_create(struct pool *p, struct bd_vol_def *def,
 			close(in);
 			goto fail;
 		}
-		if (o && o->job_id) {
-			/* the copy on a worker thread; the task owns in and fd from here */
-			r = clone_start(p, def->name, path, in, fd, src->physical, o->job_id, err);
-			fd = -1;
-			if (r < 0)
-				goto fail;
-			free(path);
-			return 0;
-		}
-		r = copy_range(in, 0, fd, 0, src->physical, false, NULL, err);
-		close(in);
-		if (r < 0)
+		/* the copy: inline, or on a worker thread with o->job_id; the task owns in and fd
+		 * from here, and its finish hook lists the new volume or removes the file */
+		struct vol_task *t = bd_vol_task_new(VT_CLONE, "clone");
+		char *tpath = strdup(path);
+		if (!t || !tpath) {
+			bd_vol_task_free(t);
+			free(tpath);
+			close(in);
+			r = bd_err_set(err, -ENOMEM, "out of memory");
 			goto fail;
+		}
+		t->in = in;
+		t->out = fd;
+		t->len = src->physical;
+		t->path = tpath;
+		t->finish = task_finished;
+		free(path);
+		return bd_vol_task_start(t, p->def->name, def->name, o ? o->job_id : NULL, err);
 	} else if (!strcmp(fmt, "raw")) {
 		if (ftruncate(fd, (off_t)def->capacity) < 0) {
 			r = bd_err_set(err, -errno, "cannot size '%s': %s", path, strerror(errno));
@@ -831,309 +791,12 @@ int bd_vol_resize(const char *pool, const char *name, uint64_t capacity, unsigne
 	return 0;
 }
 
-static int zero_file(int fd, uint64_t base, uint64_t size, bool punch, struct bd_err *err)
-{
-	if (punch && fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)base,
-			       (off_t)size) == 0)
-		return 0;
-	char *buf = calloc(1, COPY_CHUNK);
-	if (!buf)
-		return bd_err_set(err, -ENOMEM, "out of memory");
-	for (uint64_t off = 0; off < size;) {
-		size_t n = size - off < COPY_CHUNK ? (size_t)(size - off) : COPY_CHUNK;
-		if (atomic_load(&tasks_cancel)) {
-			free(buf);
-			return bd_err_set(err, -ECANCELED, "cancelled: blockd is shutting down");
-		}
-		ssize_t w = pwrite(fd, buf, n, (off_t)(base + off));
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			free(buf);
-			return bd_err_set(err, -errno, "write failed: %s", strerror(errno));
-		}
-		off += (uint64_t)w;
-	}
-	free(buf);
-	return 0;
-}
-
-static int random_file(int fd, uint64_t base, uint64_t size, struct bd_err *err)
-{
-	char *buf = malloc(COPY_CHUNK);
-	if (!buf)
-		return bd_err_set(err, -ENOMEM, "out of memory");
-	for (uint64_t off = 0; off < size;) {
-		size_t n = size - off < COPY_CHUNK ? (size_t)(size - off) : COPY_CHUNK;
-		if (atomic_load(&tasks_cancel)) {
-			free(buf);
-			return bd_err_set(err, -ECANCELED, "cancelled: blockd is shutting down");
-		}
-		for (size_t got = 0; got < n;) {
-			ssize_t g = getrandom(buf + got, n - got, 0);
-			if (g > 0)
-				got += (size_t)g;
-		}
-		ssize_t w = pwrite(fd, buf, n, (off_t)(base + off));
-		if (w <= 0) {
-			free(buf);
-			return bd_err_set(err, -errno, "write failed: %s", strerror(errno));
-		}
-		off += (uint64_t)w;
-	}
-	free(buf);
-	return 0;
-}
-
-/* ---- the data phase of wipe, upload and download: inline or on a worker thread ---- */
-
-enum task_kind { T_ZERO, T_RANDOM, T_UPLOAD, T_DOWNLOAD, T_CLONE };
-
-struct vol_task {
-	enum task_kind kind;
-	int in, out; /* T_ZERO/T_RANDOM: out only */
-	uint64_t in_off, out_off, len;
-	bool punch;  /* T_ZERO: may punch holes */
-	bool sparse; /* T_DOWNLOAD: leave zero blocks as holes */
-	int result;
-	struct bd_err err;
-	/* asynchronous tasks */
-	uint64_t id;
-	char *pool, *vol;
-	char *path; /* T_CLONE: the new file (removed if the copy fails) */
-	const char *op;
-	pthread_t th;
-	atomic_bool done;
-	struct vol_task *next;
-};
-
-static struct vol_task *tasks;
-static uint64_t task_seq;
-static struct bd_timer reap_timer;
-static bool reap_armed;
-
-/* [worker or control] The I/O; closes the fds. */
-static void task_run(struct vol_task *t)
-{
-	int r = 0;
-	switch (t->kind) {
-	case T_ZERO:
-		r = zero_file(t->out, t->out_off, t->len, t->punch, &t->err);
-		break;
-	case T_RANDOM:
-		r = random_file(t->out, t->out_off, t->len, &t->err);
-		break;
-	case T_UPLOAD:
-	case T_CLONE:
-		r = copy_range(t->in, t->in_off, t->out, t->out_off, t->len, false, NULL, &t->err);
-		break;
-	case T_DOWNLOAD:
-		r = copy_range(t->in, t->in_off, t->out, 0, t->len, t->sparse, NULL, &t->err);
-		if (r == 0 && ftruncate(t->out, (off_t)t->len) < 0)
-			r = bd_err_set(&t->err, -errno, "cannot size the file: %s",
-				       strerror(errno));
-		if (r == 0 && !t->sparse) {
-			/* holes of the source were skipped: a non-sparse download allocates them
-			 * (file systems without fallocate keep holes: still the right bytes) */
-			struct stat st;
-			if (fstat(t->out, &st) == 0 && (uint64_t)st.st_blocks * 512 < t->len &&
-			    fallocate(t->out, 0, 0, (off_t)t->len) < 0) {
-			}
-		}
-		break;
-	}
-	if (r == 0 && t->kind != T_DOWNLOAD && fsync(t->out) < 0)
-		r = bd_err_set(&t->err, -errno, "fsync failed: %s", strerror(errno));
-	if (t->in >= 0)
-		close(t->in);
-	if (t->out >= 0)
-		close(t->out);
-	t->in = t->out = -1;
-	t->result = r;
-}
-
-static void *task_thread(void *arg)
-{
-	struct vol_task *t = arg;
-	task_run(t);
-	atomic_store(&t->done, true);
-	return NULL;
-}
-
-static bool task_busy(const char *pool, const char *vol)
-{
-	for (struct vol_task *t = tasks; t; t = t->next)
-		if (!strcmp(t->pool, pool) && !strcmp(t->vol, vol))
-			return true;
-	return false;
-}
-
-static void task_free(struct vol_task *t)
-{
-	free(t->path);
-	free(t->pool);
-	free(t->vol);
-	free(t);
-}
-
-static void reap(struct bd_timer *tm)
-{
-	reap_armed = false;
-	for (struct vol_task **pp = &tasks; *pp;) {
-		struct vol_task *t = *pp;
-		if (!atomic_load(&t->done)) {
-			pp = &t->next;
-			continue;
-		}
-		pthread_join(t->th, NULL);
-		*pp = t->next;
-		struct bd_err e = {0};
-		struct pool *p = bd_pool_lookup_running(t->pool, &e);
-		struct vol *v = p ? bd_pool_vol_find(p, t->vol) : NULL;
-		if (t->kind == T_CLONE) {
-			/* the new volume appears now, or its partial file goes */
-			if (t->result < 0) {
-				unlink(t->path);
-			} else if (p && !v) {
-				v = vol_new(p->def->target_path, t->vol);
-				if (v && (vol_stat(v, -1, NULL, true) < 0 || vol_append(p, v) < 0))
-					bd_vol_free(v);
-			}
-		} else if (v && t->kind != T_DOWNLOAD) {
-			after_change(p, v);
-		}
-		json_t *ev = json_pack("{s:I,s:s,s:s,s:s}", "job", (json_int_t)t->id, "pool",
-				       t->pool, "vol", t->vol, "operation", t->op);
-		if (t->result < 0)
-			json_object_set_new(ev, "error", json_string(t->err.msg));
-		bd_event_emit("POOL_VOLUME_JOB_COMPLETED", ev);
-		task_free(t);
-	}
-	if (tasks) {
-		bd_timer_arm(bd_loop_main(), &reap_timer, bd_now_ns() + 20000000);
-		reap_armed = true;
-	}
-}
-
-/* Run t now (job_id NULL) or on a worker thread (*job_id gets its id).  Consumes t. */
-static int task_start(struct vol_task *t, struct pool *p, struct vol *v, const char *op,
-		      uint64_t *job_id, struct bd_err *err)
-{
-	int r;
-	if (!job_id) {
-		task_run(t);
-		r = t->result;
-		if (r < 0) {
-			bd_err_set(err, r, "%s", t->err.msg);
-			bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-		} else if (t->kind != T_DOWNLOAD) {
-			after_change(p, v);
-		}
-		free(t);
-		return r;
-	}
-	t->pool = strdup(p->def->name);
-	t->vol = strdup(v->name);
-	t->op = op;
-	t->id = ++task_seq;
-	atomic_init(&t->done, false);
-	if (!t->pool || !t->vol || (r = -pthread_create(&t->th, NULL, task_thread, t)) != 0) {
-		r = bd_err_set(err, -ENOMEM, "cannot start a worker thread");
-		if (t->in >= 0)
-			close(t->in);
-		if (t->out >= 0)
-			close(t->out);
-		task_free(t);
-		return r;
-	}
-	t->next = tasks;
-	tasks = t;
-	*job_id = t->id;
-	if (!reap_armed) {
-		bd_timer_init(&reap_timer, reap);
-		bd_timer_arm(bd_loop_main(), &reap_timer, bd_now_ns() + 20000000);
-		reap_armed = true;
-	}
-	return 0;
-}
-
-static struct vol_task *task_new(enum task_kind kind)
-{
-	struct vol_task *t = calloc(1, sizeof(*t));
-	if (t) {
-		t->kind = kind;
-		t->in = t->out = -1;
-	}
-	return t;
-}
-
-static int clone_start(struct pool *p, const char *name, const char *path, int in, int out,
-		       uint64_t len, uint64_t *job_id, struct bd_err *err)
-{
-	struct vol_task *t = task_new(T_CLONE);
-	int r;
-	if (!t) {
-		close(in);
-		close(out);
-		return bd_err_set(err, -ENOMEM, "out of memory");
-	}
-	t->in = in;
-	t->out = out;
-	t->len = len;
-	t->path = strdup(path);
-	t->pool = strdup(p->def->name);
-	t->vol = strdup(name);
-	t->op = "clone";
-	t->id = ++task_seq;
-	atomic_init(&t->done, false);
-	if (!t->path || !t->pool || !t->vol ||
-	    (r = -pthread_create(&t->th, NULL, task_thread, t)) != 0) {
-		r = bd_err_set(err, -ENOMEM, "cannot start a worker thread");
-		close(in);
-		close(out);
-		task_free(t);
-		return r;
-	}
-	t->next = tasks;
-	tasks = t;
-	*job_id = t->id;
-	if (!reap_armed) {
-		bd_timer_init(&reap_timer, reap);
-		bd_timer_arm(bd_loop_main(), &reap_timer, bd_now_ns() + 20000000);
-		reap_armed = true;
-	}
-	return 0;
-}
-
-bool bd_pool_has_tasks(const char *pool)
-{
-	for (struct vol_task *t = tasks; t; t = t->next)
-		if (!strcmp(t->pool, pool))
-			return true;
-	return false;
-}
-
-void bd_pool_tasks_shutdown(void)
-{
-	if (reap_armed && bd_loop_main())
-		bd_timer_cancel(bd_loop_main(), &reap_timer);
-	reap_armed = false;
-	atomic_store(&tasks_cancel, true);
-	while (tasks) {
-		struct vol_task *t = tasks;
-		tasks = t->next;
-		pthread_join(t->th, NULL);
-		task_free(t);
-	}
-	atomic_store(&tasks_cancel, false);
-}
-
 /* find_vol for an operation that changes or reads the volume's bytes */
 static struct vol *find_vol_idle(const char *pool, const char *name, struct pool **pp,
 				 struct bd_err *err)
 {
 	struct vol *v = find_vol(pool, name, pp, err);
-	if (v && task_busy((*pp)->def->name, v->name)) {
+	if (v && bd_vol_task_busy((*pp)->def->name, v->name)) {
 		bd_err_set(err, -EBUSY, "volume '%s' of pool '%s' has an operation in progress",
 			   v->name, (*pp)->def->name);
 		return NULL;
@@ -1151,11 +814,10 @@ int bd_vol_wipe(const char *pool, const char *name, const char *alg, uint64_t *j
 		return err->code;
 	if (!alg)
 		alg = "zero";
-	if (strcmp(alg, "zero") && strcmp(alg, "trim") && strcmp(alg, "random"))
-		return bd_err_set(err, -ENOTSUP,
-				  "wipe algorithm '%s' is not supported (supported: zero, trim, "
-				  "random)",
-				  alg);
+	int a = bd_vol_wipe_alg_find(alg);
+	if (a < 0)
+		return bd_err_set(err, -ENOTSUP, "wipe algorithm '%s' is not supported (supported: %s)",
+				  alg, bd_vol_wipe_alg_names());
 	if ((r = check_vol_unused(p, v, err)) < 0)
 		return r;
 	if (p->be->vol_wipe) {
@@ -1172,7 +834,8 @@ int bd_vol_wipe(const char *pool, const char *name, const char *alg, uint64_t *j
 	if (!strcmp(v->format, "qcow2")) {
 		if (strcmp(alg, "zero"))
 			return bd_err_set(err, -ENOTSUP,
-					  "only the zero algorithm wipes qcow2 volumes");
+					  "only the zero algorithm wipes qcow2 volumes (their "
+					  "clusters move: overwrite a raw volume instead)");
 		/* libvirt's way: a new empty image with the same parameters (fast: inline) */
 		struct bd_vol_def d = {.name = v->name,
 				       .capacity = v->capacity,
@@ -1196,47 +859,80 @@ int bd_vol_wipe(const char *pool, const char *name, const char *alg, uint64_t *j
 			*job_id = 0; /* done already */
 		return 0;
 	}
-	struct vol_task *t = task_new(strcmp(alg, "random") ? T_ZERO : T_RANDOM);
+	struct vol_task *t = bd_vol_task_new(VT_WIPE, "wipe");
 	if (!t)
 		return bd_err_set(err, -ENOMEM, "out of memory");
 	t->out = vol_fd(v, O_WRONLY, &t->out_off, &t->len, err);
 	if (t->out < 0) {
 		r = t->out;
-		free(t);
+		t->out = -1;
+		bd_vol_task_free(t);
 		return r;
 	}
+	t->alg = a;
 	t->punch = !v->dev;
-	return task_start(t, p, v, "wipe", job_id, err);
+	t->finish = task_finished;
+	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
+		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
+	return r;
 }
 
-int bd_vol_upload(const char *pool, const char *name, const char *file, uint64_t offset,
+/* The source or destination of an upload/download: the caller's fd (consumed) or a file. */
+static int user_fd(const char *file, int fd, int flags, struct bd_err *err)
+{
+	if (fd >= 0)
+		return fd;
+	if (!file)
+		return bd_err_set(err, -EINVAL, "need a file or a file descriptor");
+	fd = open(file, flags | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return bd_err_set(err, -errno, "cannot open '%s': %s", file, strerror(errno));
+	return fd;
+}
+
+static int no_network_vols(struct pool *p, const char *what, int fd, struct bd_err *err)
+{
+	if (!p->be->vol_file_opts)
+		return 0;
+	if (fd >= 0)
+		close(fd);
+	return bd_err_set(err, -ENOTSUP,
+			  "%s volumes of a '%s' pool is not supported yet (open the volume and "
+			  "use an export)",
+			  what, p->def->type);
+}
+
+int bd_vol_upload(const char *pool, const char *name, const char *file, int fd, uint64_t offset,
 		  uint64_t length, uint64_t *job_id, struct bd_err *err)
 {
 	struct pool *p;
 	struct vol *v = find_vol_idle(pool, name, &p, err);
 	struct stat st;
-	struct vol_task *t;
-	int in, r;
-	if (!v)
+	int r;
+	if (!v || (r = check_vol_unused(p, v, err)) < 0 ||
+	    (r = no_network_vols(p, "upload into", fd, err)) < 0) {
+		if (fd >= 0)
+			close(fd);
 		return err->code;
-	if ((r = check_vol_unused(p, v, err)) < 0)
-		return r;
-	if (p->be->vol_file_opts)
-		return bd_err_set(err, -ENOTSUP,
-				  "upload into volumes of a '%s' pool is not supported yet (open "
-				  "the volume and write through an export)",
-				  p->def->type);
-	in = open(file, O_RDONLY | O_CLOEXEC);
-	if (in < 0)
-		return bd_err_set(err, -errno, "cannot open '%s': %s", file, strerror(errno));
-	if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {
-		close(in);
-		return bd_err_set(err, -EINVAL, "'%s' is not a regular file", file);
 	}
-	uint64_t len = length ? length : (uint64_t)st.st_size;
-	if (len > (uint64_t)st.st_size)
-		len = (uint64_t)st.st_size;
-	if (!(t = task_new(T_UPLOAD))) {
+	int in = user_fd(file, fd, O_RDONLY, err);
+	if (in < 0)
+		return in;
+	if (fstat(in, &st) < 0 || S_ISDIR(st.st_mode)) {
+		close(in);
+		return bd_err_set(err, -EINVAL, "the upload source is not a file, pipe or socket");
+	}
+	uint64_t len = length ? length : UINT64_MAX;
+	if (!bd_vol_fd_is_stream(in)) {
+		if (!S_ISREG(st.st_mode)) {
+			close(in);
+			return bd_err_set(err, -EINVAL, "the upload source is not a regular file");
+		}
+		if (len > (uint64_t)st.st_size)
+			len = (uint64_t)st.st_size;
+	}
+	struct vol_task *t = bd_vol_task_new(VT_UPLOAD, "upload");
+	if (!t) {
 		close(in);
 		return bd_err_set(err, -ENOMEM, "out of memory");
 	}
@@ -1245,56 +941,65 @@ int bd_vol_upload(const char *pool, const char *name, const char *file, uint64_t
 	t->out = vol_fd(v, O_WRONLY, &base, &vsize, err);
 	if (t->out < 0) {
 		r = t->out;
-		close(in);
-		free(t);
+		t->out = -1;
+		bd_vol_task_free(t);
 		return r;
 	}
-	if (strcmp(v->format, "qcow2") && (offset > vsize || len > vsize - offset)) {
-		close(in);
-		close(t->out);
-		free(t);
-		return bd_err_set(err, -ENOSPC,
-				  "upload of %" PRIu64 " bytes at offset %" PRIu64
-				  " would go past the end of volume '%s' (%" PRIu64 " bytes)",
-				  len, offset, v->name, vsize);
+	if (strcmp(v->format, "qcow2")) {
+		/* raw bytes stay inside the volume; a qcow2 volume takes a whole image file */
+		if (offset > vsize || (len != UINT64_MAX && len > vsize - offset)) {
+			bd_vol_task_free(t);
+			return bd_err_set(err, -ENOSPC,
+					  "upload of %" PRIu64 " bytes at offset %" PRIu64
+					  " would go past the end of volume '%s' (%" PRIu64 " bytes)",
+					  len, offset, v->name, vsize);
+		}
+		t->limit = base + vsize;
 	}
+	t->out_base = base;
 	t->out_off = base + offset;
 	t->len = len;
-	return task_start(t, p, v, "upload", job_id, err);
+	t->finish = task_finished;
+	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
+		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
+	return r;
 }
 
-int bd_vol_download(const char *pool, const char *name, const char *file, uint64_t offset,
-		    uint64_t length, bool sparse, uint64_t *job_id, struct bd_err *err)
+int bd_vol_download(const char *pool, const char *name, const char *file, int fd,
+		    uint64_t offset, uint64_t length, bool sparse, uint64_t *job_id,
+		    struct bd_err *err)
 {
 	struct pool *p;
 	struct vol *v = find_vol_idle(pool, name, &p, err);
-	struct vol_task *t;
-	int in, out, r;
-	if (!v)
+	int r;
+	if (!v || (r = no_network_vols(p, "download from", fd, err)) < 0) {
+		if (fd >= 0)
+			close(fd);
 		return err->code;
-	if (p->be->vol_file_opts)
-		return bd_err_set(err, -ENOTSUP,
-				  "download from volumes of a '%s' pool is not supported yet (open "
-				  "the volume and read through an export)",
-				  p->def->type);
+	}
 	uint64_t base, vsize;
-	in = vol_fd(v, O_RDONLY, &base, &vsize, err);
-	if (in < 0)
+	int in = vol_fd(v, O_RDONLY, &base, &vsize, err);
+	if (in < 0) {
+		if (fd >= 0)
+			close(fd);
 		return in;
+	}
 	if (offset > vsize) {
 		close(in);
+		if (fd >= 0)
+			close(fd);
 		return bd_err_set(err, -EINVAL, "offset is past the end of volume '%s'", v->name);
 	}
 	uint64_t len = length ? length : vsize - offset;
 	if (len > vsize - offset)
 		len = vsize - offset;
-	out = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int out = user_fd(file, fd, O_WRONLY | O_CREAT | O_TRUNC, err);
 	if (out < 0) {
-		r = bd_err_set(err, -errno, "cannot create '%s': %s", file, strerror(errno));
 		close(in);
-		return r;
+		return out;
 	}
-	if (!(t = task_new(T_DOWNLOAD))) {
+	struct vol_task *t = bd_vol_task_new(VT_DOWNLOAD, "download");
+	if (!t) {
 		close(in);
 		close(out);
 		return bd_err_set(err, -ENOMEM, "out of memory");
@@ -1304,7 +1009,10 @@ int bd_vol_download(const char *pool, const char *name, const char *file, uint64
 	t->in_off = base + offset;
 	t->len = len;
 	t->sparse = sparse;
-	return task_start(t, p, v, "download", job_id, err);
+	t->finish = task_finished;
+	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
+		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
+	return r;
 }
 
 static json_t *vol_json(struct vol *v)

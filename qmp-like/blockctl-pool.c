@@ -5,39 +5,17 @@
  */
 #include "blockd/blockd.h"
 #include "pools/pools.h"
+#include "qmp-like/blockctl-int.h"
 
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
-
-struct ctx;
-
-/* blockctl.c */
-json_t *bctl_execute(struct ctx *c, const char *cmd, json_t *args);
-json_t *bctl_wait_event(struct ctx *c, const char *name, json_int_t job);
-bool bctl_json(struct ctx *c);
-void bctl_print_json(json_t *v);
-void bctl_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-
-/* this file, for blockctl.c */
-struct bctl_pool_verb {
-	const char *name;
-	const char *group;
-	const char *usage;
-	const char *summary;
-	const char *help;
-	int (*fn)(struct ctx *c, json_t *a);
-	const char *const *pos;	 /* positional argument names, in order */
-	const char *const *opts; /* "--name" takes a value, "!name" is a flag */
-	int required;		 /* how many positionals are required */
-};
-const struct bctl_pool_verb *bctl_pool_verb_find(const char *name);
-const struct bctl_pool_verb *bctl_pool_verb_at(size_t i);
-int bctl_pool_run(struct ctx *c, const struct bctl_pool_verb *v, int argc, char **argv);
 
 /* ---- arguments ---- */
 
@@ -226,7 +204,7 @@ static json_t *run_job(struct ctx *c, const char *cmd, json_t *args)
 	json_int_t job = json_integer_value(json_object_get(r, "job"));
 	if (job <= 0)
 		return r;
-	json_t *ev = bctl_wait_event(c, "POOL_VOLUME_JOB_COMPLETED", job);
+	json_t *ev = bctl_wait_vol_job(c, job, !bctl_json(c) && isatty(STDERR_FILENO));
 	const char *e = json_string_value(json_object_get(ev, "error"));
 	if (e)
 		bctl_die(1, "%s: %s", cmd, e);
@@ -664,23 +642,24 @@ static int v_resize(struct ctx *c, json_t *a)
 static int v_updown(struct ctx *c, json_t *a, const char *cmd)
 {
 	json_t *args = vol_args(a);
-	char *abs = realpath(sa(a, "file"), NULL);
-	if (!abs && !strcmp(cmd, "vol-download")) {
-		/* the file does not exist yet: make the path absolute by hand */
-		char cwd[4096];
-		if (sa(a, "file")[0] != '/' && getcwd(cwd, sizeof(cwd)) &&
-		    asprintf(&abs, "%s/%s", cwd, sa(a, "file")) < 0)
-			abs = NULL;
-	}
-	json_object_set_new(args, "file", json_string(abs ? abs : sa(a, "file")));
-	free(abs);
+	bool up = !strcmp(cmd, "vol-upload");
+	const char *file = sa(a, "file");
+	/* blockctl opens FILE ("-": stdin/stdout) with the caller's rights and passes the
+	 * descriptor; the daemon streams pipes and sockets */
+	int fd = !strcmp(file, "-") ? dup(up ? STDIN_FILENO : STDOUT_FILENO)
+				    : open(file, up ? O_RDONLY : O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0)
+		bctl_die(1, "cannot open '%s': %s", file, strerror(errno));
+	bctl_send_fd(c, fd, "blockctl-vol-data");
+	close(fd);
+	json_object_set_new(args, "fd", json_string("blockctl-vol-data"));
 	if (sa(a, "offset"))
 		json_object_set_new(args, "offset",
 				    json_integer((json_int_t)size_arg(a, "offset")));
 	if (sa(a, "length"))
 		json_object_set_new(args, "length",
 				    json_integer((json_int_t)size_arg(a, "length")));
-	if (fa(a, "sparse") && !strcmp(cmd, "vol-download"))
+	if (fa(a, "sparse") && !up)
 		json_object_set_new(args, "sparse", json_true());
 	json_decref(run_job(c, cmd, args));
 	return 0;
@@ -916,7 +895,9 @@ static const struct bctl_pool_verb verbs[] = {
     {"vol-download", "Storage volumes",
      "vol-download VOL FILE [--pool POOL] [--offset N] [--length N] [--sparse]",
      "copy a volume into a file",
-     "FILE is written by the daemon (same host; the path is made absolute).", v_download,
+     "blockctl creates FILE (\"-\": standard output) and passes it to the daemon, which "
+     "writes the bytes; progress goes to standard error on a terminal.",
+     v_download,
      P("vol", "file"), P("-pool", "-offset", "-length", "!sparse"), 2},
     {"vol-dumpxml", "Storage volumes", "vol-dumpxml VOL [--pool POOL]", "a volume's XML",
      "Prints the volume's XML.", v_dumpxml, P("vol"), P("-pool"), 1},
@@ -951,11 +932,15 @@ static const struct bctl_pool_verb verbs[] = {
      "vol-upload VOL FILE [--pool POOL] [--offset N] "
      "[--length N]",
      "copy a file into a volume",
-     "FILE is read by the daemon (same host; the path is made absolute).", v_upload,
+     "blockctl opens FILE (\"-\": standard input) and passes it to the daemon, which reads "
+     "it to its end or --length; progress goes to standard error on a terminal.",
+     v_upload,
      P("vol", "file"), P("-pool", "-offset", "-length", "!sparse"), 2},
-    {"vol-wipe", "Storage volumes", "vol-wipe VOL [--pool POOL] [--algorithm zero|trim|random]",
-     "wipe a volume", "Overwrites the volume's data (zero by default).", v_wipe, P("vol"),
-     P("-pool", "-algorithm"), 1},
+    {"vol-wipe", "Storage volumes", "vol-wipe VOL [--pool POOL] [--algorithm ALG]",
+     "wipe a volume",
+     "Overwrites the volume's data.  ALG: zero (default), trim, random, nnsa, dod, bsi, "
+     "gutmann, schneier, pfitzner7, pfitzner33 (virsh's list; the patterns of scrub(1)).",
+     v_wipe, P("vol"), P("-pool", "-algorithm"), 1},
     {NULL},
 };
 

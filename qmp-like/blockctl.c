@@ -8,6 +8,7 @@
  * pool-* / vol-* entries to it.  docs/blockctl.1.md is the manual.
  */
 #include "blockd/blockd.h"
+#include "qmp-like/blockctl-int.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -23,178 +24,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_SOCKET "/run/blockd/control.sock"
-
-struct ctx {
-	const char *socket_path;
-	int timeout_ms;
-	bool json;
-	int fd;
-	char *buf;
-	size_t len, cap;
-	json_t *schema; /* query-qmp-schema, fetched on demand */
-};
-
-static const char *prog = "blockctl";
-
-/* pools: the storage pool and volume verbs live in blockctl-pool.c */
-struct bctl_pool_verb {
-	const char *name;
-	const char *group;
-	const char *usage;
-	const char *summary;
-	const char *help;
-	int (*fn)(struct ctx *c, json_t *a);
-	const char *const *pos;
-	const char *const *opts;
-	int required;
-};
-const struct bctl_pool_verb *bctl_pool_verb_find(const char *name);
-const struct bctl_pool_verb *bctl_pool_verb_at(size_t i);
-int bctl_pool_run(struct ctx *c, const struct bctl_pool_verb *v, int argc, char **argv);
-json_t *bctl_execute(struct ctx *c, const char *cmd, json_t *args);
-json_t *bctl_wait_event(struct ctx *c, const char *name, json_int_t job);
-bool bctl_json(struct ctx *c);
-void bctl_print_json(json_t *v);
-void bctl_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-
-static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void die(int code, const char *fmt, ...)
-{
-	va_list ap;
-	fprintf(stderr, "%s: error: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
-
-/* ---- the connection ---- */
-
-static json_t *read_msg(struct ctx *c)
-{
-	for (;;) {
-		size_t start = 0;
-		while (start < c->len && strchr(" \t\r\n", c->buf[start]))
-			start++;
-		if (start) {
-			memmove(c->buf, c->buf + start, c->len - start);
-			c->len -= start;
-		}
-		if (c->len) {
-			json_error_t e;
-			json_t *v = json_loadb(c->buf, c->len, JSON_DISABLE_EOF_CHECK, &e);
-			if (v) {
-				size_t used = (size_t)e.position;
-				if (used > c->len || used == 0)
-					used = c->len;
-				memmove(c->buf, c->buf + used, c->len - used);
-				c->len -= used;
-				return v;
-			}
-			if (json_error_code(&e) != json_error_premature_end_of_input)
-				die(1, "bad reply from %s: %s", c->socket_path, e.text);
-		}
-		if (c->len + 65536 > c->cap) {
-			c->cap = c->cap ? c->cap * 2 : 131072;
-			c->buf = realloc(c->buf, c->cap);
-			if (!c->buf)
-				die(1, "out of memory");
-		}
-		struct pollfd p = {.fd = c->fd, .events = POLLIN};
-		int r = poll(&p, 1, c->timeout_ms);
-		if (r == 0)
-			die(1, "timed out waiting for %s", c->socket_path);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			die(1, "poll: %s", strerror(errno));
-		}
-		ssize_t n = read(c->fd, c->buf + c->len, c->cap - c->len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			die(1, "reading from %s: %s", c->socket_path, strerror(errno));
-		}
-		if (n == 0)
-			die(1, "%s closed the connection", c->socket_path);
-		c->len += (size_t)n;
-	}
-}
-
-static void send_msg(struct ctx *c, json_t *msg)
-{
-	char *text = json_dumps(msg, JSON_COMPACT);
-	size_t len, off = 0;
-	if (!text)
-		die(1, "out of memory");
-	len = strlen(text);
-	text[len] = '\n'; /* json_dumps' NUL becomes the newline */
-	len++;
-	while (off < len) {
-		ssize_t n = send(c->fd, text + off, len - off, MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			die(1, "writing to %s: %s", c->socket_path, strerror(errno));
-		}
-		off += (size_t)n;
-	}
-	free(text);
-}
-
-/* Run one command; the "return" value (new reference), or exit with the error. */
-static json_t *execute(struct ctx *c, const char *cmd, json_t *args)
-{
-	json_t *msg = json_pack("{s:s}", "execute", cmd), *reply, *ret;
-	if (args)
-		json_object_set(msg, "arguments", args);
-	send_msg(c, msg);
-	json_decref(msg);
-	for (;;) {
-		reply = read_msg(c);
-		if (!json_object_get(reply, "event"))
-			break;
-		json_decref(reply);
-	}
-	json_t *error = json_object_get(reply, "error");
-	if (error) {
-		const char *desc = json_string_value(json_object_get(error, "desc"));
-		const char *cls = json_string_value(json_object_get(error, "class"));
-		fprintf(stderr, "%s: error: %s%s%s%s\n", prog, desc ? desc : "unknown error",
-			cls && strcmp(cls, "GenericError") ? " (" : "",
-			cls && strcmp(cls, "GenericError") ? cls : "",
-			cls && strcmp(cls, "GenericError") ? ")" : "");
-		json_decref(reply);
-		exit(1);
-	}
-	ret = json_incref(json_object_get(reply, "return"));
-	json_decref(reply);
-	if (!ret)
-		die(1, "reply without \"return\" from %s", c->socket_path);
-	return ret;
-}
-
-static void connect_socket(struct ctx *c)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	if (strlen(c->socket_path) >= sizeof(sa.sun_path))
-		die(1, "socket path '%s' is too long", c->socket_path);
-	strcpy(sa.sun_path, c->socket_path);
-	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (c->fd < 0)
-		die(1, "socket: %s", strerror(errno));
-	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		die(1, "cannot connect to %s: %s (is blockd running with --control %s?)",
-		    c->socket_path, strerror(errno), c->socket_path);
-	json_t *greeting = read_msg(c);
-	if (!json_object_get(greeting, "QMP"))
-		die(1, "%s did not greet like a QMP server", c->socket_path);
-	json_decref(greeting);
-	json_decref(execute(c, "qmp_capabilities", NULL));
-}
-
 /* ---- output ---- */
 
 static void print_json(json_t *v)
@@ -206,29 +35,7 @@ static void print_json(json_t *v)
 	}
 }
 
-/* pools: the helpers blockctl-pool.c uses */
-json_t *bctl_execute(struct ctx *c, const char *cmd, json_t *args)
-{
-	return execute(c, cmd, args);
-}
-
-/* The data of the next event name whose "job" member is job (new reference). */
-json_t *bctl_wait_event(struct ctx *c, const char *name, json_int_t job)
-{
-	for (;;) {
-		json_t *m = read_msg(c);
-		const char *ev = json_string_value(json_object_get(m, "event"));
-		json_t *data = json_object_get(m, "data");
-		if (ev && !strcmp(ev, name) &&
-		    json_integer_value(json_object_get(data, "job")) == job) {
-			json_incref(data);
-			json_decref(m);
-			return data;
-		}
-		json_decref(m);
-	}
-}
-
+/* for blockctl-pool.c */
 bool bctl_json(struct ctx *c)
 {
 	return c->json;
@@ -237,17 +44,6 @@ bool bctl_json(struct ctx *c)
 void bctl_print_json(json_t *v)
 {
 	print_json(v);
-}
-
-void bctl_die(int code, const char *fmt, ...)
-{
-	va_list ap;
-	fprintf(stderr, "%s: error: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
 }
 
 struct table {
@@ -262,7 +58,7 @@ static void table_add(struct table *t, ...)
 	char **row = calloc(t->ncols, sizeof(*row));
 	t->cells = realloc(t->cells, (t->nrows + 1) * sizeof(*t->cells));
 	if (!row || !t->cells)
-		die(1, "out of memory");
+		bctl_die(1, "out of memory");
 	va_start(ap, t);
 	for (size_t i = 0; i < t->ncols; i++) {
 		const char *s = va_arg(ap, const char *);
@@ -326,7 +122,7 @@ static const char *num(json_t *v, char *buf, size_t len)
 static json_t *schema_get(struct ctx *c, const char *name)
 {
 	if (!c->schema) {
-		json_t *list = execute(c, "query-qmp-schema", NULL), *e;
+		json_t *list = bctl_execute(c, "query-qmp-schema", NULL), *e;
 		size_t i;
 		c->schema = json_object();
 		json_array_foreach(list, i, e)
@@ -518,7 +314,7 @@ static json_t *parse_args(struct ctx *c, const char *cmd, const char *text, cons
 	struct bd_err err = {0};
 	json_t *o = bd_opts_parse(text, implied, &err);
 	if (!o)
-		die(2, "%s", err.msg);
+		bctl_die(2, "%s", err.msg);
 	if (text[0] != '{') {
 		char key[300];
 		snprintf(key, sizeof(key), "cmd:%s", cmd);
@@ -550,22 +346,22 @@ static int v_qmp(struct ctx *c, int argc, char **argv)
 	if (argv[0][0] == '{') {
 		msg = json_loads(argv[0], 0, &e);
 		if (!msg || !json_is_object(msg))
-			die(2, "the command is not a JSON object: %s", msg ? "" : e.text);
+			bctl_die(2, "the command is not a JSON object: %s", msg ? "" : e.text);
 		cmd = json_string_value(json_object_get(msg, "execute"));
 		if (!cmd)
-			die(2, "the command has no \"execute\" member");
+			bctl_die(2, "the command has no \"execute\" member");
 		args = json_incref(json_object_get(msg, "arguments"));
 		char *name = strdup(cmd);
 		json_decref(msg);
-		ret = execute(c, name, args);
+		ret = bctl_execute(c, name, args);
 		free(name);
 	} else {
 		if (argc > 1) {
 			args = json_loads(argv[1], 0, &e);
 			if (!args || !json_is_object(args))
-				die(2, "the arguments are not a JSON object: %s", args ? "" : e.text);
+				bctl_die(2, "the arguments are not a JSON object: %s", args ? "" : e.text);
 		}
-		ret = execute(c, argv[0], args);
+		ret = bctl_execute(c, argv[0], args);
 	}
 	json_decref(args);
 	print_json(ret);
@@ -575,7 +371,7 @@ static int v_qmp(struct ctx *c, int argc, char **argv)
 
 static int v_node_list(struct ctx *c, int argc, char **argv)
 {
-	json_t *ret = execute(c, "query-named-block-nodes", NULL), *n;
+	json_t *ret = bctl_execute(c, "query-named-block-nodes", NULL), *n;
 	size_t i;
 	if (c->json) {
 		print_json(ret);
@@ -604,7 +400,7 @@ static int v_node_list(struct ctx *c, int argc, char **argv)
 static int v_node_add(struct ctx *c, int argc, char **argv)
 {
 	json_t *args = parse_args(c, "blockdev-add", argv[0], "driver");
-	json_decref(execute(c, "blockdev-add", args));
+	json_decref(bctl_execute(c, "blockdev-add", args));
 	printf("Node %s added\n", json_string_value(json_object_get(args, "node-name")) ?: "");
 	json_decref(args);
 	return 0;
@@ -613,7 +409,7 @@ static int v_node_add(struct ctx *c, int argc, char **argv)
 static int v_node_del(struct ctx *c, int argc, char **argv)
 {
 	json_t *args = json_pack("{s:s}", "node-name", argv[0]);
-	json_decref(execute(c, "blockdev-del", args));
+	json_decref(bctl_execute(c, "blockdev-del", args));
 	json_decref(args);
 	printf("Node %s deleted\n", argv[0]);
 	return 0;
@@ -623,9 +419,9 @@ static int v_node_resize(struct ctx *c, int argc, char **argv)
 {
 	long long size;
 	if (!parse_int(argv[1], &size) || size < 0)
-		die(2, "invalid size '%s'", argv[1]);
+		bctl_die(2, "invalid size '%s'", argv[1]);
 	json_t *args = json_pack("{s:s,s:I}", "node-name", argv[0], "size", (json_int_t)size);
-	json_decref(execute(c, "block_resize", args));
+	json_decref(bctl_execute(c, "block_resize", args));
 	json_decref(args);
 	printf("Node %s resized\n", argv[0]);
 	return 0;
@@ -633,7 +429,7 @@ static int v_node_resize(struct ctx *c, int argc, char **argv)
 
 static int v_export_list(struct ctx *c, int argc, char **argv)
 {
-	json_t *ret = execute(c, "query-block-exports", NULL), *e;
+	json_t *ret = bctl_execute(c, "query-block-exports", NULL), *e;
 	size_t i;
 	if (c->json) {
 		print_json(ret);
@@ -662,7 +458,7 @@ static int v_export_list(struct ctx *c, int argc, char **argv)
 static int v_export_add(struct ctx *c, int argc, char **argv)
 {
 	json_t *args = parse_args(c, "block-export-add", argv[0], "type");
-	json_decref(execute(c, "block-export-add", args));
+	json_decref(bctl_execute(c, "block-export-add", args));
 	printf("Export %s added\n", json_string_value(json_object_get(args, "id")) ?: "");
 	json_decref(args);
 	return 0;
@@ -678,12 +474,12 @@ static int v_export_del(struct ctx *c, int argc, char **argv)
 		else if (!id)
 			id = argv[i];
 		else
-			die(2, "unexpected argument '%s'", argv[i]);
+			bctl_die(2, "unexpected argument '%s'", argv[i]);
 	}
 	if (!id)
-		die(2, "export-del needs an export id");
+		bctl_die(2, "export-del needs an export id");
 	json_t *args = json_pack("{s:s,s:s}", "id", id, "mode", hard ? "hard" : "safe");
-	json_decref(execute(c, "block-export-del", args));
+	json_decref(bctl_execute(c, "block-export-del", args));
 	json_decref(args);
 	printf("Export %s deleted\n", id);
 	return 0;
@@ -692,7 +488,7 @@ static int v_export_del(struct ctx *c, int argc, char **argv)
 static int v_stats(struct ctx *c, int argc, char **argv)
 {
 	json_t *args = json_pack("{s:b}", "query-nodes", 1);
-	json_t *ret = execute(c, "query-blockstats", args), *e, *out = json_array();
+	json_t *ret = bctl_execute(c, "query-blockstats", args), *e, *out = json_array();
 	size_t i;
 	json_decref(args);
 	json_array_foreach(ret, i, e)
@@ -704,7 +500,7 @@ static int v_stats(struct ctx *c, int argc, char **argv)
 	}
 	json_decref(ret);
 	if (argc > 0 && !json_array_size(out))
-		die(1, "no node named '%s'", argv[0]);
+		bctl_die(1, "no node named '%s'", argv[0]);
 	if (c->json) {
 		print_json(out);
 		json_decref(out);
@@ -752,15 +548,15 @@ static int v_throttle_set(struct ctx *c, int argc, char **argv)
 		char *eq = strchr(argv[i], '=');
 		long long v;
 		if (!eq)
-			die(2, "expected KEY=VALUE, got '%s'", argv[i]);
+			bctl_die(2, "expected KEY=VALUE, got '%s'", argv[i]);
 		*eq = '\0';
 		if (!parse_int(eq + 1, &v))
-			die(2, "invalid number '%s' for %s", eq + 1, argv[i]);
+			bctl_die(2, "invalid number '%s' for %s", eq + 1, argv[i]);
 		json_object_set_new(limits, argv[i], json_integer(v));
 	}
 	json_t *args = json_pack("{s:s,s:s,s:o}", "path", argv[0], "property", "limits", "value",
 				 limits);
-	json_decref(execute(c, "qom-set", args));
+	json_decref(bctl_execute(c, "qom-set", args));
 	json_decref(args);
 	printf("Throttle group %s updated\n", argv[0]);
 	return 0;
@@ -769,7 +565,7 @@ static int v_throttle_set(struct ctx *c, int argc, char **argv)
 static int v_throttle_get(struct ctx *c, int argc, char **argv)
 {
 	json_t *args = json_pack("{s:s,s:s}", "path", argv[0], "property", "limits");
-	json_t *ret = execute(c, "qom-get", args);
+	json_t *ret = bctl_execute(c, "qom-get", args);
 	json_decref(args);
 	if (c->json) {
 		print_json(ret);
@@ -790,7 +586,7 @@ static int v_throttle_get(struct ctx *c, int argc, char **argv)
 
 static int v_version(struct ctx *c, int argc, char **argv)
 {
-	json_t *ret = execute(c, "query-version", NULL);
+	json_t *ret = bctl_execute(c, "query-version", NULL);
 	if (c->json) {
 		print_json(ret);
 	} else {
@@ -870,7 +666,7 @@ static void usage(FILE *out)
 		"Usage: %s [--socket PATH] [--timeout SECONDS] [--json] VERB [ARGS...]\n"
 		"Control a running blockd through its control socket (default: $BLOCKD_SOCKET, "
 		"else %s).\n",
-		prog, DEFAULT_SOCKET);
+		bctl_prog, DEFAULT_SOCKET);
 	for (const struct verb *v = verbs; v->name; v++) {
 		if (!group || strcmp(group, v->group)) {
 			group = v->group;
@@ -889,7 +685,7 @@ static void usage(FILE *out)
 	}
 	fprintf(out, "\n'%s help VERB' or '%s VERB --help' explains a verb.  Listing verbs "
 		     "accept --json.\n",
-		prog, prog);
+		bctl_prog, bctl_prog);
 }
 
 static const struct verb *verb_find(const char *name)
@@ -902,7 +698,7 @@ static const struct verb *verb_find(const char *name)
 
 static void verb_help_text(const char *usage, const char *summary, const char *help)
 {
-	printf("Usage: %s [global options] %s\n\n  %s.\n\n", prog, usage, summary);
+	printf("Usage: %s [global options] %s\n\n  %s.\n\n", bctl_prog, usage, summary);
 	/* wrap the help at 76 columns */
 	const char *p = help;
 	while (*p) {
@@ -939,7 +735,7 @@ static int v_help(struct ctx *c, int argc, char **argv)
 		return 0;
 	}
 	if (!v)
-		die(2, "unknown verb '%s'; see '%s help'", argv[0], prog);
+		bctl_die(2, "unknown verb '%s'; see '%s help'", argv[0], bctl_prog);
 	verb_help(v);
 	return 0;
 }
@@ -966,7 +762,7 @@ int main(int argc, char **argv)
 			char *end;
 			double t = strtod(optarg, &end);
 			if (*end || t <= 0)
-				die(2, "invalid --timeout '%s'", optarg);
+				bctl_die(2, "invalid --timeout '%s'", optarg);
 			c.timeout_ms = (int)(t * 1000);
 			break;
 		}
@@ -999,14 +795,14 @@ int main(int argc, char **argv)
 		int n = 0;
 		char **pargv = calloc((size_t)argc + 1, sizeof(char *));
 		if (!pargv)
-			die(1, "out of memory");
+			bctl_die(1, "out of memory");
 		for (int i = optind + 1; i < argc; i++) {
 			if (!strcmp(argv[i], "--json"))
 				c.json = true;
 			else
 				pargv[n++] = argv[i];
 		}
-		connect_socket(&c);
+		bctl_connect(&c);
 		int pr = bctl_pool_run(&c, pv, n, pargv);
 		free(pargv);
 		json_decref(c.schema);
@@ -1016,12 +812,12 @@ int main(int argc, char **argv)
 		return pr;
 	}
 	if (!v)
-		die(2, "unknown verb '%s'; see '%s --help'", argv[optind], prog);
+		bctl_die(2, "unknown verb '%s'; see '%s --help'", argv[optind], bctl_prog);
 	/* The verb's own arguments: --help and --json anywhere, the rest positional. */
 	int vargc = 0;
 	char **vargv = calloc((size_t)argc + 1, sizeof(char *));
 	if (!vargv)
-		die(1, "out of memory");
+		bctl_die(1, "out of memory");
 	for (int i = optind + 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			verb_help(v);
@@ -1035,13 +831,13 @@ int main(int argc, char **argv)
 	}
 	int extra = !strcmp(v->name, "export-del") ? 1 : 0; /* --hard is positional here */
 	if (vargc < v->min_args || vargc > v->max_args + extra) {
-		fprintf(stderr, "%s: error: wrong number of arguments\nUsage: %s %s\n", prog, prog,
+		fprintf(stderr, "%s: error: wrong number of arguments\nUsage: %s %s\n", bctl_prog, bctl_prog,
 			v->usage);
 		free(vargv);
 		return 2;
 	}
 	if (v->fn != v_help)
-		connect_socket(&c);
+		bctl_connect(&c);
 	int r = v->fn(&c, vargc, vargv);
 	free(vargv);
 	json_decref(c.schema);

@@ -363,24 +363,53 @@ static int cmd_vol_wipe(struct qmp_req *req, json_t *args, struct bd_err *err)
 	return job_ret(req, args, r, id);
 }
 
+/* upload/download: a file on the daemon's host, or a descriptor passed with getfd (consumed) */
+static int file_or_fd(json_t *args, const char **file, int *fd, struct bd_err *err)
+{
+	const char *name = str(args, "fd");
+	*file = str(args, "file");
+	*fd = -1;
+	if (!!name == !!*file)
+		return bd_err_set(err, -EINVAL, "exactly one of 'file' and 'fd' is needed");
+	if (name && (*fd = bd_qmp_fd_lookup(name)) < 0)
+		return bd_err_set(err, -ENOENT, "File descriptor named '%s' not found", name);
+	return 0;
+}
+
 static int cmd_vol_upload(struct qmp_req *req, json_t *args, struct bd_err *err)
 {
 	uint64_t id = 0;
-	int r = bd_vol_upload(str(args, "pool"), str(args, "vol"), str(args, "file"),
-			      (uint64_t)json_integer_value(json_object_get(args, "offset")),
-			      (uint64_t)json_integer_value(json_object_get(args, "length")),
-			      flag(args, "async") ? &id : NULL, err);
+	const char *file;
+	int fd, r = file_or_fd(args, &file, &fd, err);
+	if (r < 0)
+		return r;
+	r = bd_vol_upload(str(args, "pool"), str(args, "vol"), file, fd,
+			  (uint64_t)json_integer_value(json_object_get(args, "offset")),
+			  (uint64_t)json_integer_value(json_object_get(args, "length")),
+			  flag(args, "async") ? &id : NULL, err);
 	return job_ret(req, args, r, id);
 }
 
 static int cmd_vol_download(struct qmp_req *req, json_t *args, struct bd_err *err)
 {
 	uint64_t id = 0;
-	int r = bd_vol_download(str(args, "pool"), str(args, "vol"), str(args, "file"),
-				(uint64_t)json_integer_value(json_object_get(args, "offset")),
-				(uint64_t)json_integer_value(json_object_get(args, "length")),
-				flag(args, "sparse"), flag(args, "async") ? &id : NULL, err);
+	const char *file;
+	int fd, r = file_or_fd(args, &file, &fd, err);
+	if (r < 0)
+		return r;
+	r = bd_vol_download(str(args, "pool"), str(args, "vol"), file, fd,
+			    (uint64_t)json_integer_value(json_object_get(args, "offset")),
+			    (uint64_t)json_integer_value(json_object_get(args, "length")),
+			    flag(args, "sparse"), flag(args, "async") ? &id : NULL, err);
 	return job_ret(req, args, r, id);
+}
+
+static int cmd_query_volume_jobs(struct qmp_req *req, json_t *args, struct bd_err *err)
+{
+	(void)args;
+	(void)err;
+	req->ret = bd_vol_jobs();
+	return 0;
 }
 
 static int cmd_query_volumes(struct qmp_req *req, json_t *args, struct bd_err *err)
@@ -554,19 +583,30 @@ const struct qmp_cmd qmp_cmds_pool[] = {
 	 {"allocate", &qmp_t_bool, true, "allocate the new space (raw)"}),
      NULL, QMP_CMD_BLOCKD, "Change a volume's capacity (virsh vol-resize)."},
     {"vol-wipe", cmd_vol_wipe,
-     OBJ(VOL_ARGS, {"algorithm", &qmp_t_str, true, "zero (default), trim or random"}, ASYNC_ARG),
+     OBJ(VOL_ARGS,
+	 {"algorithm", &qmp_t_str, true,
+	  "zero (default), trim, random, nnsa, dod, bsi, gutmann, schneier, pfitzner7 or "
+	  "pfitzner33"},
+	 ASYNC_ARG),
      &qmp_t_any, QMP_CMD_BLOCKD, "Wipe a volume's data (virsh vol-wipe)."},
     {"vol-upload", cmd_vol_upload,
-     OBJ(VOL_ARGS, {"file", &qmp_t_str, false, "a file on the daemon's host to read"},
+     OBJ(VOL_ARGS, {"file", &qmp_t_str, true, "a file on the daemon's host to read"},
+	 {"fd", &qmp_t_str, true,
+	  "instead of file: a descriptor passed with getfd (a file, pipe or socket)"},
 	 {"offset", &qmp_t_size, true, "where in the volume"},
 	 {"length", &qmp_t_size, true, "bytes (default: the whole file)"}, ASYNC_ARG),
      &qmp_t_any, QMP_CMD_BLOCKD, "Copy a file's bytes into the volume (virsh vol-upload)."},
     {"vol-download", cmd_vol_download,
-     OBJ(VOL_ARGS, {"file", &qmp_t_str, false, "a file on the daemon's host to write"},
+     OBJ(VOL_ARGS, {"file", &qmp_t_str, true, "a file on the daemon's host to write"},
+	 {"fd", &qmp_t_str, true,
+	  "instead of file: a descriptor passed with getfd (a file, pipe or socket)"},
 	 {"offset", &qmp_t_size, true, "where in the volume"},
 	 {"length", &qmp_t_size, true, "bytes (default: to the end)"},
 	 {"sparse", &qmp_t_bool, true, "leave zero blocks as holes"}, ASYNC_ARG),
      &qmp_t_any, QMP_CMD_BLOCKD, "Copy the volume's bytes into a file (virsh vol-download)."},
+    {"query-volume-jobs", cmd_query_volume_jobs, NULL, &qmp_t_any, QMP_CMD_BLOCKD,
+     "The running volume jobs (wipe, upload, download, clone) with their progress: "
+     "[{job, pool, vol, operation, done, total}] in bytes (total 0 when unknown)."},
     {"query-volumes", cmd_query_volumes, OBJ(POOL_ARG), &qmp_t_any, QMP_CMD_BLOCKD,
      "The volumes of a running pool (virsh vol-list): name, path, key, type, format, "
      "capacity, allocation, physical."},

@@ -28,6 +28,8 @@ for line in f:
     m = json.loads(line)
     if m.get("event") == "POOL_LIFECYCLE":
         out.write("%s %s\n" % (m["data"]["pool"], m["data"]["event"])); out.flush()
+    elif m.get("event") == "POOL_VOLUME_JOB_COMPLETED":
+        out.write("JOB %s\n" % json.dumps(m["data"], sort_keys=True)); out.flush()
 EOF
 bd_spawn events python3 "$T/events.py" "$T/ctl.sock" "$T/events.txt"
 ev_pid=$BD_SPAWN_PID
@@ -107,8 +109,43 @@ assert_eq "$(stat -c %s "$T/whole.img")" 1572864
 assert_eq "$(bc vol-wipe d1 --pool p1)" "Vol d1 wiped"
 bc vol-download d1 "$T/back.bin" --pool p1 --offset 4096 --length 100000 >/dev/null
 assert_eq "$(tr -d '\0' <"$T/back.bin" | wc -c)" 0
-assert_fails bc vol-wipe d1 --pool p1 --algorithm gutmann
-assert_contains "$BD_OUT" "not supported"
+assert_fails bc vol-wipe d1 --pool p1 --algorithm shred-it-all
+assert_contains "$BD_OUT" "not supported (supported: zero, trim, random, nnsa, dod"
+# the scrub pattern sequences: DoD ends with random bytes, BSI with 0x7f everywhere
+bc vol-wipe d1 --pool p1 --algorithm bsi >/dev/null
+bc vol-download d1 "$T/back.bin" --pool p1 >/dev/null
+assert_eq "$(tr -d '\177' <"$T/back.bin" | wc -c)" 0
+assert_eq "$(stat -c %s "$T/back.bin")" 1572864
+bc vol-wipe d1 --pool p1 --algorithm dod >/dev/null
+bc vol-download d1 "$T/back.bin" --pool p1 >/dev/null
+assert_eq "$(od -An -tx1 -v "$T/back.bin" | tr -s ' ' '\n' | grep -c '^00$' | awk '{print ($1 < 100000)}')" 1
+# gutmann (35 passes) as a job; its end event counts every pass's bytes
+job=$(bc qmp vol-wipe '{"pool":"p1","vol":"d1","algorithm":"gutmann","async":true}' | jq -r .job)
+bd_wait_for 30 grep -q "\"job\": $job," "$T/events.txt"
+assert_contains "$(grep "\"job\": $job," "$T/events.txt")" "\"bytes\": $((35 * 1572864))"
+
+# progress: an upload from a FIFO that the test feeds shows in query-volume-jobs
+mkfifo "$T/fifo"
+exec 7<>"$T/fifo"
+bc vol-upload d1 "$T/fifo" --pool p1 7>&- &
+up_pid=$!
+head -c 100000 /dev/urandom | tee "$T/data.bin" >&7
+bd_wait_for 10 sh -c "'$BLOCKCTL' qmp query-volume-jobs | grep -q '\"done\": 100000'"
+jobs=$(bc qmp query-volume-jobs)
+assert_contains "$jobs" '"operation": "upload"'
+assert_contains "$jobs" '"total": 0'
+exec 7>&-
+wait $up_pid
+bc vol-download d1 "$T/back.bin" --pool p1 --length 100000 >/dev/null
+assert_file_eq "$T/data.bin" "$T/back.bin"
+
+# ---- upload and download through descriptors: pipes from and to blockctl ----
+head -c 300000 /dev/urandom >"$T/data.bin"
+cat "$T/data.bin" | bc vol-upload d1 - --pool p1 --offset 65536 >/dev/null
+bc vol-download d1 - --pool p1 --offset 65536 --length 300000 | cat >"$T/back.bin"
+assert_file_eq "$T/data.bin" "$T/back.bin"
+assert_fails bc vol-upload d1 - --pool p1 < <(head -c 2000000 /dev/zero)
+assert_contains "$BD_OUT" "past the end of the volume"
 
 # ---- in use: a node and an export keep the volume and the pool ----
 assert_eq "$(bc vol-export d1 --pool p1 --writable)" "Volume d1 exported over NBD as 'd1' (node d1)"
