@@ -123,6 +123,7 @@ struct vol_task {
 	int alg;           /* VT_WIPE: bd_vol_wipe_alg_find() */
 	bool punch;        /* VT_WIPE zero/trim: may punch holes */
 	bool sparse;       /* VT_DOWNLOAD: leave zero blocks as holes */
+	bool dense;        /* copies: write the source's holes too (a used destination) */
 	char *path;        /* VT_CLONE: the new file (the finish hook removes it on failure) */
 	/* [control] after the run, inline or when reaped: result says how it went */
 	void (*finish)(struct vol_task *t);

@@ -203,7 +203,7 @@ static int copy_range(struct vol_task *t, uint64_t ooff, bool zero_holes)
 		size_t want = len - done < COPY_CHUNK ? (size_t)(len - done) : COPY_CHUNK;
 		if ((r = cancelled(&t->err)) < 0)
 			break;
-		if (!in_stream && !out_stream) {
+		if (!in_stream && !out_stream && !t->dense) {
 			off_t data = lseek(t->in, (off_t)(t->in_off + done), SEEK_DATA);
 			if (data < 0 && errno == ENXIO) {
 				/* only a hole up to the end */

@@ -665,6 +665,76 @@ int bd_pool_dir_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned
 
 /* ---- the public volume operations ---- */
 
+/* [control] The end of a clone into a partition or LV: a failed copy removes the volume. */
+static void device_clone_finished(struct vol_task *t)
+{
+	struct bd_err e = {0};
+	struct pool *p = bd_pool_lookup_running(t->pool, &e);
+	struct vol *v = p ? bd_pool_vol_find(p, t->vol) : NULL;
+	if (t->result < 0 && p && v && p->be->vol_delete && p->be->vol_delete(p, v, &e) < 0)
+		bd_log(BD_LOG_WARN, "pool '%s': cannot remove the partial clone '%s': %s", t->pool,
+		       t->vol, e.msg);
+	if (p && p->be->refresh)
+		p->be->refresh(p, NULL);
+}
+
+/* Clone (vol-clone, vol-create-from) into a pool whose volumes are partitions or LVs: the
+ * backend makes a volume at least as large as the source's bytes, then they are copied into
+ * it.  Only sources whose bytes are the disk (raw) are accepted: a qcow2 file copied into a
+ * partition would be a qcow2 image there, which a "none"-format volume cannot say. */
+static int clone_into_device(struct pool *p, struct bd_vol_def *def,
+			     const struct bd_vol_create_opts *o, struct vol *src, struct bd_err *err)
+{
+	int r;
+	if (strcmp(src->format, "raw") && strcmp(src->format, "none"))
+		return bd_err_set(err, -ENOTSUP,
+				  "cannot clone the %s volume '%s' into a %s pool: only raw "
+				  "volumes can become partitions or logical volumes",
+				  src->format, src->name, p->def->type);
+	uint64_t sbase, ssize;
+	int in = vol_fd(src, O_RDONLY, &sbase, &ssize, err);
+	if (in < 0)
+		return in;
+	if (!def->has_capacity || def->capacity < ssize) {
+		def->capacity = ssize;
+		def->has_capacity = true;
+	}
+	if ((r = p->be->vol_create(p, def, o, NULL, err)) < 0) {
+		close(in);
+		return r;
+	}
+	struct vol *v = bd_pool_vol_find(p, def->name);
+	struct vol_task *t = bd_vol_task_new(VT_CLONE, "clone");
+	uint64_t dbase, dsize;
+	int out = v ? vol_fd(v, O_WRONLY, &dbase, &dsize, err)
+		    : bd_err_set(err, -ENOENT, "the new volume did not appear");
+	if (out >= 0 && dsize < ssize) {
+		close(out);
+		out = bd_err_set(err, -ENOSPC,
+				 "the new volume has %" PRIu64 " bytes, the source %" PRIu64, dsize,
+				 ssize);
+	}
+	if (out < 0 || !t) {
+		r = out < 0 ? out : bd_err_set(err, -ENOMEM, "out of memory");
+		close(in);
+		bd_vol_task_free(t);
+		struct bd_err e = {0};
+		if (v)
+			p->be->vol_delete(p, v, &e);
+		if (p->be->refresh)
+			p->be->refresh(p, NULL);
+		return r;
+	}
+	t->in = in;
+	t->in_off = sbase;
+	t->out = out;
+	t->out_off = dbase;
+	t->len = ssize;
+	t->dense = true; /* a partition or LV keeps old bytes where the source has holes */
+	t->finish = device_clone_finished;
+	return bd_vol_task_start(t, p->def->name, def->name, o ? o->job_id : NULL, err);
+}
+
 int bd_vol_create_def(const char *pool, struct bd_vol_def *def, const struct bd_vol_create_opts *o,
 		      struct bd_err *err)
 {
@@ -717,7 +787,11 @@ int bd_vol_create_def(const char *pool, struct bd_vol_def *def, const struct bd_
 			def->has_capacity = true;
 		}
 	}
-	if ((r = p->be->vol_create(p, def, o, src, err)) < 0)
+	if (src && !p->be->file_vols && !p->be->vol_file_opts)
+		r = clone_into_device(p, def, o, src, err);
+	else
+		r = p->be->vol_create(p, def, o, src, err);
+	if (r < 0)
 		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, def->name);
 out:
 	bd_vol_def_free(def);

@@ -65,6 +65,14 @@ off=$((pe_start + first * ext))
 cmp -n 65536 "$T/data" <(tail -c +$((off + 1)) "$T/pv.img") || fail "lv1's data is not at offset $off"
 bc vol-download lv1 "$T/back" --pool "$VG" --length 65536 >/dev/null
 assert_file_eq "$T/data" "$T/back"
+# a clone is a new LV with the same bytes (written in full: a reused extent keeps old data)
+assert_eq "$(bc vol-clone lv1 lv2 --pool "$VG")" "Vol lv2 cloned from lv1"
+assert_contains "$(lvs --noheadings -o lv_name "$VG" 2>/dev/null)" lv2
+bc vol-download lv1 "$T/lv1.all" --pool "$VG" >/dev/null
+bc vol-download lv2 "$T/lv2.all" --pool "$VG" >/dev/null
+assert_eq "$(stat -c %s "$T/lv2.all")" 8388608
+assert_file_eq "$T/lv1.all" "$T/lv2.all"
+bc vol-delete lv2 --pool "$VG" >/dev/null
 bc vol-export lv1 --pool "$VG" >/dev/null
 if command -v nbdinfo >/dev/null; then
 	assert_eq "$(nbdinfo --size "nbd+unix:///lv1?socket=$T/nbd.sock")" 8388608
