@@ -908,20 +908,55 @@ int bd_pool_set_autostart(const char *key, bool autostart, struct bd_err *err)
 	return r;
 }
 
+/* Errors of a refresh that mean the pool's storage is not reachable any more. */
+static bool storage_gone(int r)
+{
+	switch (-r) {
+	case ENOENT:
+	case ENOTDIR:
+	case EACCES:
+	case EIO:
+	case ENXIO:
+	case ENODEV:
+	case ENOTCONN:
+	case ESTALE:
+	case ETIMEDOUT:
+	case EHOSTUNREACH:
+	case ECONNREFUSED:
+		return true;
+	default:
+		return false;
+	}
+}
+
 int bd_pool_refresh(const char *key, struct bd_err *err)
 {
 	struct pool *p = lookup(key, err);
 	int r;
 	if (!p)
 		return err->code;
-	if (p->state != POOL_RUNNING)
+	if (p->state != POOL_RUNNING && p->state != POOL_INACCESSIBLE)
 		return bd_err_set(err, -EINVAL, "storage pool '%s' is not active", p->def->name);
 	if (!p->be->file_vols && bd_pool_has_tasks(p->def->name))
 		return bd_err_set(err, -EBUSY,
 				  "storage pool '%s' has volume operations in progress",
 				  p->def->name);
-	if (p->be->refresh && (r = p->be->refresh(p, err)) < 0)
-		return bd_err_prefix(err, "pool '%s'", p->def->name);
+	if (p->be->refresh && (r = p->be->refresh(p, err)) < 0) {
+		if (!storage_gone(r))
+			return bd_err_prefix(err, "pool '%s'", p->def->name);
+		/* the storage went away under a running pool (directory removed, file system
+		 * unmounted, VG gone, server down): libvirt's "inaccessible" state, until a
+		 * refresh finds it again or the pool is destroyed */
+		if (p->state != POOL_INACCESSIBLE)
+			bd_log(BD_LOG_WARN, "pool '%s' is inaccessible: %s", p->def->name,
+			       err->msg);
+		p->state = POOL_INACCESSIBLE;
+		bd_pool_vols_clear(p);
+		return bd_err_prefix(err, "pool '%s' is inaccessible", p->def->name);
+	}
+	if (p->state == POOL_INACCESSIBLE)
+		bd_log(BD_LOG_INFO, "pool '%s' is accessible again", p->def->name);
+	p->state = POOL_RUNNING;
 	return 0;
 }
 
@@ -1085,6 +1120,13 @@ char *bd_pool_find_sources(const char *type, const char *spec, struct bd_err *er
 struct pool *bd_pool_lookup_running(const char *key, struct bd_err *err)
 {
 	struct pool *p = lookup(key, err);
+	if (p && p->state == POOL_INACCESSIBLE) {
+		bd_err_set(err, -EIO,
+			   "storage pool '%s' is inaccessible (pool-refresh it once its storage "
+			   "is back, or destroy it)",
+			   p->def->name);
+		return NULL;
+	}
 	if (p && p->state != POOL_RUNNING) {
 		bd_err_set(err, -EINVAL, "storage pool '%s' is not active", p->def->name);
 		return NULL;

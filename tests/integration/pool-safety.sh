@@ -196,6 +196,23 @@ assert_contains "$caps" "<pool type='logical' supported='yes'>"
 assert_contains "$caps" "<pool type='rbd' supported='no'>"
 bc pool-undefine ceph1 >/dev/null
 
+# ---- storage that goes away: inaccessible until a refresh finds it again ----
+bc pool-create-as gone dir --target "$T/gone" --build >/dev/null
+bc vol-create-as gone v1 1M >/dev/null
+mv "$T/gone" "$T/gone.away"
+assert_fails bc pool-refresh gone
+assert_contains "$BD_OUT" "pool 'gone' is inaccessible"
+assert_contains "$(bc pool-info gone)" "inaccessible"
+assert_fails bc vol-list gone
+assert_contains "$BD_OUT" "is inaccessible (pool-refresh it once its storage is back"
+mv "$T/gone.away" "$T/gone"
+bc pool-refresh gone >/dev/null
+assert_contains "$(bc pool-info gone)" "running"
+assert_contains "$(bc vol-list gone)" v1
+mv "$T/gone" "$T/gone.away"
+bc pool-refresh gone >/dev/null 2>&1 || true
+bc pool-destroy gone >/dev/null # an inaccessible pool can be stopped
+
 # ---- long operations run on a worker thread: the socket keeps answering ----
 bc vol-create-as p1 big 256M >/dev/null
 cat >"$T/async.py" <<'PY'
