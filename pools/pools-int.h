@@ -111,7 +111,7 @@ int bd_pool_dir_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned
 			   struct bd_err *err);
 void bd_pool_vols_clear(struct pool *p);
 /* vol-task.c: the data phase of wipe, upload, download and clone. */
-enum vol_task_kind { VT_WIPE, VT_UPLOAD, VT_DOWNLOAD, VT_CLONE };
+enum vol_task_kind { VT_WIPE, VT_UPLOAD, VT_DOWNLOAD, VT_CLONE, VT_CONVERT };
 struct vol_task {
 	enum vol_task_kind kind;
 	const char *op; /* wipe, upload, download, clone: the event's "operation" */
@@ -124,7 +124,10 @@ struct vol_task {
 	bool punch;        /* VT_WIPE zero/trim: may punch holes */
 	bool sparse;       /* VT_DOWNLOAD: leave zero blocks as holes */
 	bool dense;        /* copies: write the source's holes too (a used destination) */
-	char *path;        /* VT_CLONE: the new file (the finish hook removes it on failure) */
+	char *path;        /* VT_CLONE/CONVERT: the new file (removed by finish on failure) */
+	/* VT_CONVERT: the data moves through these graph nodes (closed by finish) */
+	struct bd_node *src, *dst;
+	char src_node[48], dst_node[48];
 	/* [control] after the run, inline or when reaped: result says how it went */
 	void (*finish)(struct vol_task *t);
 	/* results */

@@ -297,6 +297,36 @@ static int wipe(struct vol_task *t)
 	return r;
 }
 
+/* Copy through graph nodes (format conversion): zero blocks are not written, the new image
+ * reads them as zeroes already. */
+static int convert(struct vol_task *t)
+{
+	char *buf = malloc(COPY_CHUNK);
+	int r = 0;
+	if (!buf)
+		return bd_err_set(&t->err, -ENOMEM, "out of memory");
+	for (uint64_t off = 0; off < t->len;) {
+		size_t n = t->len - off < COPY_CHUNK ? (size_t)(t->len - off) : COPY_CHUNK;
+		if ((r = cancelled(&t->err)) < 0)
+			break;
+		if ((r = bd_node_io_sync(t->src, BD_OP_READ, off, n, buf, 0)) < 0) {
+			bd_err_set(&t->err, r, "read failed at %" PRIu64 ": %s", off, strerror(-r));
+			break;
+		}
+		if (!bd_buf_is_zero(buf, n) &&
+		    (r = bd_node_io_sync(t->dst, BD_OP_WRITE, off, n, buf, 0)) < 0) {
+			bd_err_set(&t->err, r, "write failed at %" PRIu64 ": %s", off, strerror(-r));
+			break;
+		}
+		off += n;
+		atomic_store(&t->progress, off);
+	}
+	if (r == 0 && (r = bd_node_io_sync(t->dst, BD_OP_FLUSH, 0, 0, NULL, 0)) < 0)
+		bd_err_set(&t->err, r, "flush failed: %s", strerror(-r));
+	free(buf);
+	return r;
+}
+
 /* [worker or control] The I/O; closes the fds. */
 static void task_run(struct vol_task *t)
 {
@@ -308,6 +338,9 @@ static void task_run(struct vol_task *t)
 	case VT_UPLOAD:
 	case VT_CLONE:
 		r = copy_range(t, t->out_off, false);
+		break;
+	case VT_CONVERT:
+		r = convert(t);
 		break;
 	case VT_DOWNLOAD: {
 		bool stream = bd_vol_fd_is_stream(t->out);
@@ -326,7 +359,7 @@ static void task_run(struct vol_task *t)
 		break;
 	}
 	}
-	if (r == 0 && !bd_vol_fd_is_stream(t->out) && fsync(t->out) < 0)
+	if (r == 0 && t->out >= 0 && !bd_vol_fd_is_stream(t->out) && fsync(t->out) < 0)
 		r = bd_err_set(&t->err, -errno, "fsync failed: %s", strerror(errno));
 	if (t->in >= 0)
 		close(t->in);

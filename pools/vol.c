@@ -489,7 +489,7 @@ static void task_finished(struct vol_task *t)
 	struct bd_err e = {0};
 	struct pool *p = bd_pool_lookup_running(t->pool, &e);
 	struct vol *v = p ? bd_pool_vol_find(p, t->vol) : NULL;
-	if (t->kind == VT_CLONE) {
+	if (t->kind == VT_CLONE || t->kind == VT_CONVERT) {
 		if (t->result < 0) {
 			unlink(t->path);
 		} else if (p && !v) {
@@ -501,6 +501,67 @@ static void task_finished(struct vol_task *t)
 	}
 	if (p && v && t->kind != VT_DOWNLOAD && t->result == 0)
 		after_change(p, v);
+}
+
+/* [control] The end of a conversion: close its two nodes, then as a clone. */
+static void convert_finished(struct vol_task *t)
+{
+	struct bd_err e = {0};
+	if (t->src)
+		bd_graph_del(t->src_node, &e);
+	if (t->dst)
+		bd_graph_del(t->dst_node, &e);
+	task_finished(t);
+}
+
+/* A clone with another format (raw <-> qcow2): the new image is created empty at path, both
+ * are opened as graph nodes and the source's data is copied through them (zero blocks
+ * skipped), inline or on a worker thread. */
+static int convert_start(struct pool *p, struct bd_vol_def *def,
+			 const struct bd_vol_create_opts *o, struct vol *src, const char *fmt,
+			 const char *path, struct bd_err *err)
+{
+	static unsigned seq;
+	int r;
+	if (!def->has_capacity || def->capacity < src->capacity) {
+		def->capacity = src->capacity;
+		def->has_capacity = true;
+	}
+	if (!strcmp(fmt, "qcow2")) {
+		if ((r = create_qcow2(path, def, o && o->prealloc_metadata, err)) < 0)
+			return r;
+	} else if (truncate(path, (off_t)def->capacity) < 0) {
+		return bd_err_set(err, -errno, "cannot size '%s': %s", path, strerror(errno));
+	}
+	struct vol_task *t = bd_vol_task_new(VT_CONVERT, "clone");
+	if (!t || !(t->path = strdup(path))) {
+		bd_vol_task_free(t);
+		return bd_err_set(err, -ENOMEM, "out of memory");
+	}
+	snprintf(t->src_node, sizeof(t->src_node), "pool-convert-src-%u", ++seq);
+	snprintf(t->dst_node, sizeof(t->dst_node), "pool-convert-dst-%u", seq);
+	json_t *so = json_pack("{s:s,s:s,s:b,s:{s:s,s:s}}", "driver", src->format, "node-name",
+			       t->src_node, "read-only", true, "file", "driver", "file",
+			       "filename", src->path);
+	json_t *dopt = json_pack("{s:s,s:s,s:{s:s,s:s}}", "driver", fmt, "node-name",
+				 t->dst_node, "file", "driver", "file", "filename", path);
+	struct bd_node *sn = bd_node_open(so, err);
+	struct bd_node *dn = sn ? bd_node_open(dopt, err) : NULL;
+	json_decref(so);
+	json_decref(dopt);
+	if (!sn || !dn) {
+		struct bd_err e = {0};
+		if (sn)
+			bd_graph_del(t->src_node, &e);
+		r = err->code;
+		bd_vol_task_free(t);
+		return r;
+	}
+	t->src = sn;
+	t->dst = dn;
+	t->len = src->capacity;
+	t->finish = convert_finished;
+	return bd_vol_task_start(t, p->def->name, def->name, o ? o->job_id : NULL, err);
 }
 
 int bd_pool_dir_vol_create(struct pool *p, struct bd_vol_def *def,
@@ -515,9 +576,11 @@ int bd_pool_dir_vol_create(struct pool *p, struct bd_vol_def *def,
 		return bd_err_set(err, -ENOTSUP,
 				  "volume format '%s' is not supported yet (supported: raw, qcow2)",
 				  fmt);
-	if (src && strcmp(fmt, src->format))
+	bool convert = src && strcmp(fmt, src->format);
+	if (convert && (src->dev || (strcmp(src->format, "raw") && strcmp(src->format, "qcow2"))))
 		return bd_err_set(err, -ENOTSUP,
-				  "converting volume '%s' from %s to %s is not supported yet",
+				  "converting volume '%s' from %s to %s is not supported (only raw "
+				  "and qcow2 files convert)",
 				  src->name, src->format, fmt);
 	if (!src && !def->has_capacity)
 		return bd_err_set(err, -EINVAL, "missing required element <capacity> in <volume>");
@@ -539,6 +602,14 @@ int bd_pool_dir_vol_create(struct pool *p, struct bd_vol_def *def,
 	    fchown(fd, (uid_t)def->perms.owner, (gid_t)def->perms.group) < 0) {
 		r = bd_err_set(err, -errno, "cannot set owner of '%s': %s", path, strerror(errno));
 		goto fail;
+	}
+	if (convert) {
+		close(fd);
+		fd = -1;
+		if ((r = convert_start(p, def, o, src, fmt, path, err)) < 0)
+			goto fail;
+		free(path);
+		return 0;
 	}
 	if (src) {
 		int in = open(src->path, O_RDONLY | O_CLOEXEC);

@@ -97,6 +97,24 @@ assert_eq "$(bc vol-key volumen1 --pool virtimages)" "$T/images/volumen1"
 assert_eq "$(bc vol-name "$T/images/volumen1")" "volumen1"
 assert_eq "$(bc vol-pool "$T/images/volumen1")" "virtimages"
 
+# a clone with another format converts (raw -> qcow2 -> raw) through the graph
+bc vol-create-as virtimages conv-src 24M >/dev/null
+head -c 3000000 /dev/urandom >"$T/conv.data"
+bc vol-upload conv-src "$T/conv.data" --pool virtimages --offset 1048576 >/dev/null
+printf "<volume><name>conv-q</name><target><format type='qcow2'/></target></volume>" >"$T/conv-q.xml"
+assert_eq "$(bc vol-create-from virtimages "$T/conv-q.xml" conv-src)" "Vol conv-q created from input vol conv-src"
+if command -v qemu-img >/dev/null; then
+	qemu-img check -q "$T/images/conv-q" || fail "the converted qcow2 image is not clean"
+	assert_contains "$(qemu-img info "$T/images/conv-q")" "virtual size: 24 MiB"
+	qemu-img compare -q -f raw -F qcow2 "$T/images/conv-src" "$T/images/conv-q" ||
+		fail "raw -> qcow2 conversion changed the data"
+fi
+printf "<volume><name>conv-r</name><target><format type='raw'/></target></volume>" >"$T/conv-r.xml"
+bc vol-create-from virtimages "$T/conv-r.xml" conv-q >/dev/null
+cmp "$T/images/conv-src" "$T/images/conv-r" || fail "qcow2 -> raw conversion changed the data"
+assert_contains "$(bc vol-dumpxml conv-q --pool virtimages)" "<format type='qcow2'/>"
+for v in conv-src conv-q conv-r; do bc vol-delete $v --pool virtimages >/dev/null; done
+
 # a volume the daemon did not create appears after a refresh
 truncate -s 1M "$T/images/outside.img"
 assert_not_contains "$(bc vol-list virtimages)" outside.img
