@@ -110,6 +110,28 @@ int bd_pool_dir_vol_delete(struct pool *p, struct vol *v, struct bd_err *err);
 int bd_pool_dir_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned flags,
 			   struct bd_err *err);
 void bd_pool_vols_clear(struct pool *p);
+struct vol_task;
+
+/* vol.c: the volume cache and lookups, shared with vol-create.c */
+struct vol *bd_vol_new(const char *dir, const char *name);
+/* (Re)read v's file (force: even if inode, size and mtime did not change). */
+int bd_vol_stat(struct vol *v, int dirfd, const char *name, bool force);
+int bd_vol_append(struct pool *p, struct vol *v);
+/* After a change: reread the volume (file pools) or the whole pool (v may be freed). */
+void bd_vol_after_change(struct pool *p, struct vol *v);
+/* The volume's bytes: an open fd, the offset of byte 0 in it and the byte count. */
+int bd_vol_fd(struct vol *v, int flags, uint64_t *base, uint64_t *size, struct bd_err *err);
+/* A volume by name in pool, or by path/key in any pool when pool is NULL (*pp its pool). */
+struct vol *bd_vol_lookup(const char *pool, const char *name, struct pool **pp,
+			  struct bd_err *err);
+/* -EBUSY (err set) if a node or export uses v. */
+int bd_vol_check_unused(struct pool *p, struct vol *v, struct bd_err *err);
+/* vol-create.c */
+int bd_vol_create_qcow2(const char *path, struct bd_vol_def *def, bool prealloc,
+			struct bd_err *err);
+/* [control] A task's end for file volumes: list a clone or remove its file; reread. */
+void bd_vol_task_finished(struct vol_task *t);
+
 /* vol-task.c: the data phase of wipe, upload, download and clone. */
 enum vol_task_kind { VT_WIPE, VT_UPLOAD, VT_DOWNLOAD, VT_CLONE, VT_CONVERT };
 struct vol_task {

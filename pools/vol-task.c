@@ -40,9 +40,27 @@ struct wipe_pass {
 	unsigned char bytes[3];
 };
 
-#define R {0, {0}}
-#define B(x) {1, {x}}
-#define P3(a, b, c) {3, {a, b, c}}
+#define R                                                                                          \
+	{                                                                                          \
+		0,                                                                                 \
+		{                                                                                  \
+			0                                                                          \
+		}                                                                                  \
+	}
+#define B(x)                                                                                       \
+	{                                                                                          \
+		1,                                                                                 \
+		{                                                                                  \
+			x                                                                          \
+		}                                                                                  \
+	}
+#define P3(a, b, c)                                                                                \
+	{                                                                                          \
+		3,                                                                                 \
+		{                                                                                  \
+			a, b, c                                                                    \
+		}                                                                                  \
+	}
 
 static const struct wipe_pass pass_zero[] = {B(0x00)};
 static const struct wipe_pass pass_random[] = {R};
@@ -275,7 +293,8 @@ static int wipe(struct vol_task *t)
 	int r = 0;
 	for (unsigned pass = 0; pass < npasses && r == 0; pass++) {
 		bool random = passes[pass].len == 0;
-		if (!random) /* a chunk length that is a multiple of 3 keeps 3-byte patterns aligned */
+		if (!random) /* a chunk length that is a multiple of 3 keeps 3-byte patterns aligned
+			      */
 			fill_pattern(buf, COPY_CHUNK - COPY_CHUNK % 3, &passes[pass]);
 		for (uint64_t off = 0; off < t->len && r == 0;) {
 			size_t n = COPY_CHUNK - COPY_CHUNK % 3;
@@ -315,7 +334,8 @@ static int convert(struct vol_task *t)
 		}
 		if (!bd_buf_is_zero(buf, n) &&
 		    (r = bd_node_io_sync(t->dst, BD_OP_WRITE, off, n, buf, 0)) < 0) {
-			bd_err_set(&t->err, r, "write failed at %" PRIu64 ": %s", off, strerror(-r));
+			bd_err_set(&t->err, r, "write failed at %" PRIu64 ": %s", off,
+				   strerror(-r));
 			break;
 		}
 		off += n;
@@ -498,10 +518,11 @@ json_t *bd_vol_jobs(void)
 		uint64_t total = t->len == UINT64_MAX ? 0 : t->len;
 		if (t->kind == VT_WIPE)
 			total *= wipe_algs[t->alg].npasses;
-		json_array_append_new(
-		    a, json_pack("{s:I,s:s,s:s,s:s,s:I,s:I}", "job", (json_int_t)t->id, "pool",
-				 t->pool, "vol", t->vol, "operation", t->op, "done",
-				 (json_int_t)atomic_load(&t->progress), "total", (json_int_t)total));
+		json_array_append_new(a, json_pack("{s:I,s:s,s:s,s:s,s:I,s:I}", "job",
+						   (json_int_t)t->id, "pool", t->pool, "vol",
+						   t->vol, "operation", t->op, "done",
+						   (json_int_t)atomic_load(&t->progress), "total",
+						   (json_int_t)total));
 	}
 	return a;
 }

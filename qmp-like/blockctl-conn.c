@@ -150,14 +150,13 @@ void bctl_connect(struct ctx *c)
 		bctl_die(1, "socket: %s", strerror(errno));
 	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 		bctl_die(1, "cannot connect to %s: %s (is blockd running with --control %s?)",
-		    c->socket_path, strerror(errno), c->socket_path);
+			 c->socket_path, strerror(errno), c->socket_path);
 	json_t *greeting = bctl_read_msg(c);
 	if (!json_object_get(greeting, "QMP"))
 		bctl_die(1, "%s did not greet like a QMP server", c->socket_path);
 	json_decref(greeting);
 	json_decref(bctl_execute(c, "qmp_capabilities", NULL));
 }
-
 
 json_t *bctl_wait_event(struct ctx *c, const char *name, json_int_t job)
 {
@@ -189,10 +188,8 @@ void bctl_send_fd(struct ctx *c, int fd, const char *fdname)
 	} u;
 	memset(&u, 0, sizeof(u));
 	struct iovec iov = {.iov_base = text, .iov_len = 1};
-	struct msghdr mh = {.msg_iov = &iov,
-			    .msg_iovlen = 1,
-			    .msg_control = u.b,
-			    .msg_controllen = sizeof(u.b)};
+	struct msghdr mh = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof(u.b)};
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
 	cm->cmsg_level = SOL_SOCKET;
 	cm->cmsg_type = SCM_RIGHTS;
@@ -279,10 +276,9 @@ static void show_progress(struct ctx *c)
 
 json_t *bctl_wait_vol_job(struct ctx *c, json_int_t job, bool progress)
 {
-	struct progress p = {.side = {.socket_path = c->socket_path,
-				      .timeout_ms = c->timeout_ms,
-				      .fd = -1},
-			     .job = job};
+	struct progress p = {
+	    .side = {.socket_path = c->socket_path, .timeout_ms = c->timeout_ms, .fd = -1},
+	    .job = job};
 	if (progress) {
 		c->idle = show_progress;
 		c->idle_ms = 1000;
