@@ -74,7 +74,7 @@ enum ro_kind {
 };
 struct ro_seg {
 	enum ro_kind kind;
-	bool raw;	     /* DATA: block status is the file's own (vpc fixed), not "data" */
+	bool recurse;	     /* DATA: ask the file whether it reads as zeroes (flat extents) */
 	unsigned child;	     /* DATA, COMPRESSED: index into the driver's files */
 	uint64_t len;	     /* bytes, 0 < len <= the asked length */
 	uint64_t host;	     /* DATA: offset of the first byte; COMPRESSED: the grain's offset */
@@ -120,7 +120,6 @@ struct ro_req {
 	uint64_t pos;
 	uint64_t sub_len;
 	bool sub_backing;
-	bool sub_raw;
 	unsigned sub_n;
 	struct bd_extent sub_ext[RO_SUB_EXTENTS];
 };

@@ -519,11 +519,10 @@ static void bs_sub_done(struct bd_req *c, int ret)
 		if (rr->sub_backing) {
 			depth = rr->sub_ext[i].depth ? rr->sub_ext[i].depth + 1 : 0;
 		} else {
-			/* Data of this image: allocated here whatever the file says; the file
-			 * adds "reads as zeroes" (QEMU's rule), or says everything (raw). */
+			/* Flat data of this image: allocated here whatever the file says; the
+			 * file only adds "reads as zeroes". */
 			depth = 1;
-			if (!rr->sub_raw)
-				flags = BD_EXT_DATA | (flags & BD_EXT_ZERO);
+			flags = BD_EXT_DATA | (flags & BD_EXT_ZERO);
 		}
 		if (!ext_add(req, l, flags, depth))
 			break;
@@ -615,8 +614,12 @@ static void bs_run(struct ro_req *rr)
 				ok = ext_add(req, seg.len, BD_EXT_DATA | BD_EXT_ZERO, 1);
 				break;
 			}
+			if (!seg.recurse) {
+				/* QEMU's rule: only flat data asks the file about zeroes. */
+				ok = ext_add(req, seg.len, BD_EXT_DATA, 1);
+				break;
+			}
 			rr->sub_backing = false;
-			rr->sub_raw = seg.raw;
 			r = bs_sub(rr, ro->files[seg.child], seg.host,
 				   seg.len < fsz - seg.host ? seg.len : fsz - seg.host);
 			if (r < 0) {

@@ -156,9 +156,10 @@ int vdi_map(const void *fmt, uint64_t off, uint64_t len, struct ro_seg *seg)
 	uint32_t e = v->bmap[blk];
 	if (e < VDI_DISCARDED) {
 		seg->kind = RO_DATA;
+		seg->recurse = v->is_static; /* preallocated: holes read as zeroes */
 		seg->host = v->data_off + (uint64_t)e * v->block_size + in;
 	} else {
-		seg->kind = RO_UNALLOC;
+		seg->kind = RO_ZERO; /* no backing files: zeroes (as QEMU reports) */
 		while (n < len && blk + 1 < v->blocks && v->bmap[blk + 1] >= VDI_DISCARDED) {
 			blk++;
 			n += v->block_size;

@@ -455,6 +455,7 @@ int vmdk_map(const void *fmt, uint64_t off, uint64_t len, struct ro_seg *seg)
 		return 0;
 	case VMDK_EXT_FLAT:
 		seg->kind = RO_DATA;
+		seg->recurse = true;
 		seg->child = e->child;
 		seg->host = e->offset + rel;
 		return 0;

@@ -183,7 +183,7 @@ int vpc_map(const void *fmt, uint64_t off, uint64_t len, struct ro_seg *seg)
 
 	if (v->fixed) {
 		seg->kind = RO_DATA;
-		seg->raw = true;
+		seg->recurse = true;
 		seg->host = off;
 		seg->len = len;
 		return 0;
@@ -196,7 +196,7 @@ int vpc_map(const void *fmt, uint64_t off, uint64_t len, struct ro_seg *seg)
 		seg->kind = RO_DATA;
 		seg->host = (uint64_t)v->bat[blk] * 512 + v->bitmap_size + in;
 	} else {
-		seg->kind = RO_UNALLOC;
+		seg->kind = RO_ZERO; /* no backing files: zeroes (as QEMU reports) */
 		while (n < len && blk + 1 < v->entries && v->bat[blk + 1] == VHD_UNALLOC) {
 			blk++;
 			n += v->block_size;
