@@ -23,7 +23,7 @@ head -c 700000 /dev/urandom | dd of="$T/src.raw" bs=1 seek=3333333 conv=notrunc 
 IMAGES=()
 add() { IMAGES+=("$1 $2 $3"); }
 
-for sub in monolithicSparse monolithicFlat twoGbMaxExtentSparse streamOptimized; do
+for sub in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat streamOptimized; do
 	qemu-img convert -f raw -O vmdk -o subformat=$sub "$T/src.raw" "$T/c-$sub.vmdk"
 	add "c-$sub" vmdk "$T/c-$sub.vmdk"
 done
@@ -31,12 +31,33 @@ for sub in fixed dynamic; do
 	qemu-img convert -f raw -O vpc -o subformat=$sub "$T/src.raw" "$T/c-$sub.vpc"
 	add "c-$sub" vpc "$T/c-$sub.vpc"
 done
+# force_size: creator "qem2", the size from current_size rather than the CHS geometry.
+qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$T/src.raw" "$T/c-fsize.vpc"
+add c-fsize vpc "$T/c-fsize.vpc"
 for st in off on; do
 	qemu-img convert -f raw -O vdi -o static=$st "$T/src.raw" "$T/c-static-$st.vdi"
 	add "c-static-$st" vdi "$T/c-static-$st.vdi"
 done
 qemu-img convert -f raw -O qed "$T/src.raw" "$T/c.qed"
 add c-qed qed "$T/c.qed"
+
+# streamOptimized as VMware writes it: the header says "grain directory at the end" and the real
+# header is in the footer (marker, header, end-of-stream marker).
+if command -v python3 >/dev/null; then
+	python3 - "$T/c-streamOptimized.vmdk" "$T/c-footer.vmdk" <<'PY'
+import sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+hdr = bytes(b[0:512])
+b[56:64] = b'\xff' * 8
+b += bytes(-len(b) % 512)
+foot = bytearray(512)
+foot[0:8] = (1).to_bytes(8, 'little')
+foot[12:16] = (3).to_bytes(4, 'little')
+b += foot + hdr + bytes(512)
+open(sys.argv[2], 'wb').write(b)
+PY
+	add c-footer vmdk "$T/c-footer.vmdk"
+fi
 
 # Images written by qemu-io: zero grains/clusters (write -z), data at odd offsets.
 IO=(-c "write -P 0x55 4096 8192" -c "write -P 0x66 777k 1500k" -c "write -z 1M 128k"
