@@ -185,6 +185,11 @@ int qed_parse(const struct ro_src *src, struct qed_img *q, char *msg, size_t msg
 		}
 		if (r < 0)
 			break;
+		if (bd_buf_is_zero(raw, tbytes)) {
+			free(q->l2[i]);
+			q->l2[i] = NULL;
+			meta -= tbytes;
+		}
 	}
 	free(l1);
 	if (r < 0)
@@ -277,7 +282,6 @@ static int qed_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 	if (r < 0)
 		goto fail;
 	ro_limits(&n->ro, limits);
-	limits->opt_transfer = n->q.cluster_size;
 	return 0;
 fail:
 	qed_free(&n->q);

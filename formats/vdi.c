@@ -200,7 +200,6 @@ static int vdi_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 	n->ro.fmt = &n->v;
 	n->ro.size = n->v.disk_size & ~511ull;
 	ro_limits(&n->ro, limits);
-	limits->opt_transfer = n->v.block_size;
 	return 0;
 fail:
 	vdi_free(&n->v);

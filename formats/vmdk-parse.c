@@ -385,6 +385,12 @@ int vmdk_sparse_parse(const struct ro_src *src, struct vmdk_sparse *sp, char *ms
 				break;
 			}
 		}
+		if (r == 0 && bd_buf_is_zero(raw, gtb)) {
+			/* Preallocated but empty (QEMU's monolithicSparse): keep nothing. */
+			free(sp->gt[i]);
+			sp->gt[i] = NULL;
+			meta -= gtb;
+		}
 	}
 	free(gde);
 	if (r < 0)

@@ -244,8 +244,6 @@ static int vpc_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 	n->ro.fmt = &n->v;
 	n->ro.size = n->v.size;
 	ro_limits(&n->ro, limits);
-	if (!n->v.fixed)
-		limits->opt_transfer = n->v.block_size;
 	return 0;
 fail:
 	vpc_free(&n->v);
