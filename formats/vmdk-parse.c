@@ -28,7 +28,7 @@
 #define VMDK_MARKER_EOS 0u
 #define VMDK_MARKER_FOOTER 3u
 #define VMDK_MAX_EXTENTS 65536u
-#define VMDK_MAX_SECTORS (1ull << 54)
+#define VMDK_MAX_SECTORS (1ull << 53) /* so that offset + length stays below 2^63 bytes */
 
 /* ================================================================================================
  * Descriptor

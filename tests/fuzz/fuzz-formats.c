@@ -75,7 +75,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check(v.disk_size <= (uint64_t)v.blocks * v.block_size, "vdi size");
 		for (uint32_t i = 0; i < v.blocks; i++)
 			check(v.bmap[i] >= 0xfffffffeu ||
-				      v.data_off + (uint64_t)v.bmap[i] * v.block_size < fsize,
+				  v.data_off + (uint64_t)v.bmap[i] * v.block_size < fsize,
 			      "vdi block inside");
 		walk(&ops, &v, v.disk_size & ~511ull, file, fsize, true);
 		vdi_free(&v);
@@ -119,8 +119,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		mp.size = e.sectors * 512;
 		if (e.sp.desc_size) {
 			struct vmdk_desc d;
-			if (vmdk_desc_parse((const char *)file + e.sp.desc_off, e.sp.desc_size, &d, msg,
-					    sizeof(msg)) == 0)
+			if (vmdk_desc_parse((const char *)file + e.sp.desc_off, e.sp.desc_size, &d,
+					    msg, sizeof(msg)) == 0)
 				vmdk_desc_free(&d);
 		}
 		walk(&ops, &mp, mp.size, file, fsize, true);
@@ -132,16 +132,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (vmdk_desc_parse((const char *)file, fsize, &d, msg, sizeof(msg)) < 0)
 			return 0;
 		uint64_t total = 0;
+		bool fits = true;
 		for (unsigned i = 0; i < d.n; i++) {
-			check(d.ext[i].sectors > 0 && d.ext[i].sectors <= (1ull << 54), "extent size");
+			check(d.ext[i].sectors > 0 && d.ext[i].sectors <= (1ull << 53),
+			      "extent size");
 			check(d.ext[i].type == VMDK_EXT_ZERO || d.ext[i].file, "extent file");
 			d.ext[i].start = total;
+			if (d.ext[i].sectors * 512 > (1ull << 62) - total) {
+				fits = false; /* the driver refuses such extents too */
+				break;
+			}
 			total += d.ext[i].sectors * 512;
 			/* Flat extents only: sparse ones have no tables here. */
 			if (d.ext[i].type == VMDK_EXT_SPARSE)
 				d.ext[i].type = VMDK_EXT_ZERO;
 		}
-		if (total <= (1ull << 62)) {
+		if (fits) {
 			struct vmdk_map mp = {d.ext, d.n, total};
 			struct ro_ops ops = {.map = vmdk_map};
 			walk(&ops, &mp, total, file, fsize, false);
