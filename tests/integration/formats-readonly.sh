@@ -99,7 +99,9 @@ for i in "${IMAGES[@]}"; do
 	args+=(--blockdev "driver=$2,node-name=$1,read-only=on,file.driver=file,file.filename=$3"
 		--export "type=nbd,id=e-$1,node-name=$1,allocation-depth=on")
 done
-bd_start "${args[@]}" --nbd-server addr.type=unix,addr.path="$T/s"
+# Two I/O loops: the NBD connections of one export spread over both (requests of one node on
+# two loops at once).
+bd_start "${args[@]}" --object iothread,id=io1 --nbd-server addr.type=unix,addr.path="$T/s"
 
 for i in "${IMAGES[@]}"; do
 	set -- $i
