@@ -105,6 +105,7 @@ struct ro_img {
 	char *backing_name; /* as named in the image, for describe */
 	uint64_t size;
 	uint64_t comp_read; /* bytes read for one compressed grain (clamped at the file's end) */
+	bool fallback;	    /* opened with auto-read-only=on: the core marks the node read-only */
 };
 
 /* Per request (bd_driver.req_size = sizeof(struct ro_req)); the engine's. */
@@ -127,7 +128,8 @@ struct ro_req {
 /* [control] Engine set-up in a driver's open().  ro_init opens the "file" child as files[0]. */
 int ro_init(struct ro_img *ro, struct bd_node *node, json_t *opts, const char *drv,
 	    struct bd_err *err);
-/* [control] The refusal of writable opens ("driver 'vmdk' is read-only in blockd ..."). */
+/* [control] The refusal of writable opens ("driver 'vmdk' is read-only in blockd ..."), unless
+ * auto-read-only=on (then the node falls back to read-only). */
 int ro_refuse_writable(struct bd_node *node, const char *drv, struct bd_err *err);
 /* [control] A source reading files[i] synchronously. */
 void ro_src_file(struct ro_img *ro, unsigned i, struct ro_src *src);

@@ -98,7 +98,7 @@ char *ro_resolve(const char *base, const char *name)
 
 int ro_refuse_writable(struct bd_node *node, const char *drv, struct bd_err *err)
 {
-	if (bd_node_read_only(node))
+	if (bd_node_read_only(node) || bd_node_common(node)->auto_read_only)
 		return 0;
 	return bd_err_set(err, -EROFS, "driver '%s' is read-only in blockd; open with read-only=on",
 			  drv);
@@ -133,6 +133,14 @@ int ro_init(struct ro_img *ro, struct bd_node *node, json_t *opts, const char *d
 	r = ro_refuse_writable(node, drv, err);
 	if (r < 0)
 		return r;
+	if (!bd_node_read_only(node)) {
+		/* auto-read-only=on: this node falls back to read-only, and so does an inline
+		 * file child that does not say otherwise. */
+		json_t *f = json_object_get(opts, "file");
+		ro->fallback = true;
+		if (json_is_object(f) && !json_object_get(f, "read-only"))
+			json_object_set_new(f, "read-only", json_true());
+	}
 	c = bd_node_open_child(node, opts, "file", true, err);
 	if (!c)
 		return err && err->code ? err->code : -EINVAL;
@@ -249,6 +257,7 @@ void ro_limits(struct ro_img *ro, struct bd_limits *limits)
 {
 	memset(limits, 0, sizeof(*limits));
 	limits->size = ro->size;
+	limits->read_only = ro->fallback;
 	limits->ops = BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_BLOCK_STATUS);
 	limits->req_align = 1;
 	limits->buf_align = 1;

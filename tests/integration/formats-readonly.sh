@@ -139,6 +139,11 @@ for d in vmdk vdi vpc qed; do
 	assert_fails "$BLOCKD" --blockdev "driver=$d,node-name=x,file.driver=file,file.filename=$f"
 	assert_contains "$BD_OUT" "driver '$d' is read-only in blockd; open with read-only=on"
 done
+# ... but auto-read-only=on falls back to a read-only node (as libvirt asks for backing files).
+bd_start --blockdev "driver=qed,node-name=a,auto-read-only=on,file.driver=file,file.filename=$T/c.qed" \
+	--nbd-server addr.type=unix,addr.path="$T/s2" --export type=nbd,id=e,node-name=a,writable=off
+assert_contains "$(nbdinfo "$(bd_nbd_unix_uri "$T/s2" a)")" "is_read_only: true"
+bd_stop
 
 # Hostile headers: a clear error, no crash.
 refuse() # fmt file expected-message-part
