@@ -107,7 +107,6 @@ static int open_descriptor(struct vmdk_node *n, struct bd_err *err)
 			return bd_err_set(err, -ENOMEM, "out of memory");
 		r = ro_add_file(&n->ro, path, err);
 		if (r < 0) {
-			bd_err_prefix(err, "extent '%s'", path);
 			free(path);
 			return r;
 		}

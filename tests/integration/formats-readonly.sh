@@ -91,6 +91,12 @@ add b-qcow2 qed "$T/b-qcow2.qed"
 qemu-img create -q -f vmdk -b c-monolithicSparse.vmdk -F vmdk "$T/b-delta.vmdk" $SIZE
 qemu-io -f vmdk -c "write -P 0x9c 2M 64k" -c "write -P 0x9d 8M 1k" "$T/b-delta.vmdk" >/dev/null
 add b-delta vmdk "$T/b-delta.vmdk"
+# ... and these formats as backing files of a qcow2 image.
+qemu-img create -q -f qcow2 -b c-streamOptimized.vmdk -F vmdk "$T/q-vmdk.qcow2" $SIZE
+qemu-io -f qcow2 -c "write -P 0x9e 1M 64k" "$T/q-vmdk.qcow2" >/dev/null
+add q-vmdk qcow2 "$T/q-vmdk.qcow2"
+qemu-img create -q -f qcow2 -b c-dynamic.vpc -F vpc "$T/q-vpc.qcow2" $SIZE
+add q-vpc qcow2 "$T/q-vpc.qcow2"
 
 # One daemon exports them all.
 args=()
