@@ -171,7 +171,52 @@ static uint64_t be64(const unsigned char *b)
 	return (uint64_t)be32(b) << 32 | be32(b + 4);
 }
 
-/* Fill v's format-dependent fields from the open file fd (size bytes). */
+static uint32_t le32(const unsigned char *b)
+{
+	return (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[1] << 8 | b[0];
+}
+
+static uint64_t le64(const unsigned char *b)
+{
+	return (uint64_t)le32(b + 4) << 32 | le32(b);
+}
+
+/* A VHD footer's virtual size, by the rule QEMU (and blockd's vpc driver) use: the CHS
+ * geometry, except for creators known to size by current_size or a maximal geometry. */
+static uint64_t vpc_size(const unsigned char *f)
+{
+	uint64_t cur = be64(f + 48);
+	uint64_t chs = (uint64_t)((unsigned)f[56] << 8 | f[57]) * f[58] * f[59];
+	static const char *const by_size[] = {"win ", "qem2", "d2v ", "CTXS", "tap"};
+	bool use_chs = chs != 65535ull * 16 * 255;
+	for (size_t i = 0; i < sizeof(by_size) / sizeof(by_size[0]); i++)
+		if (!memcmp(f + 28, by_size[i], strlen(by_size[i])))
+			use_chs = false;
+	return use_chs ? chs * 512 : cur & ~511ull;
+}
+
+/* The virtual size of a vmdk descriptor: its extent lines ("RW 2097152 SPARSE ...") add up. */
+static uint64_t vmdk_descriptor_size(const char *text, size_t len)
+{
+	uint64_t sectors = 0;
+	for (size_t i = 0; i < len;) {
+		const char *line = text + i, *end = memchr(line, '\n', len - i);
+		size_t l = end ? (size_t)(end - line) : len - i;
+		char buf[128];
+		unsigned long long n;
+		snprintf(buf, sizeof(buf), "%.*s", (int)(l < sizeof(buf) - 1 ? l : sizeof(buf) - 1),
+			 line);
+		if ((sscanf(buf, "RW %llu", &n) == 1 || sscanf(buf, "RDONLY %llu", &n) == 1) &&
+		    n < (1ull << 50))
+			sectors += n;
+		i += l + 1;
+	}
+	return sectors * 512;
+}
+
+/* Fill v's format-dependent fields from the open file fd (size bytes).  Formats are known by
+ * their signatures, as libvirt's storage driver knows them; blockd opens a volume with the
+ * format found here (never guessing for a node opened by hand). */
 static void probe(struct vol *v, int fd, uint64_t size)
 {
 	unsigned char h[4096];
@@ -218,8 +263,30 @@ static void probe(struct vol *v, int fd, uint64_t size)
 				v->backing_format = strndup((const char *)h + off + 8, len);
 			off += 8 + ((len + 7) & ~7u);
 		}
+	} else if (n >= 20 && !memcmp(h, "KDMV", 4)) {
+		v->format = strdup("vmdk"); /* monolithicSparse / streamOptimized: sectors at 12 */
+		v->capacity = le64(h + 12) * 512;
+	} else if (n >= 21 && !memcmp(h, "# Disk DescriptorFile", 21)) {
+		v->format = strdup("vmdk"); /* a descriptor: the extents' sectors add up */
+		v->capacity = vmdk_descriptor_size((const char *)h, (size_t)n);
+	} else if (n >= 56 && !memcmp(h, "QED\0", 4)) {
+		v->format = strdup("qed");
+		v->capacity = le64(h + 48);
+	} else if (n >= 0x178 && le32(h + 0x40) == 0xbeda107fu) {
+		v->format = strdup("vdi");
+		v->capacity = le64(h + 0x170);
+	} else if (n >= 64 && !memcmp(h, "conectix", 8)) {
+		v->format = strdup("vpc"); /* dynamic: a copy of the footer at 0 */
+		v->capacity = vpc_size(h);
 	} else {
-		v->format = strdup("raw");
+		unsigned char f[512];
+		if (size >= 1024 && pread(fd, f, sizeof(f), (off_t)(size - 512)) == 512 &&
+		    !memcmp(f, "conectix", 8)) {
+			v->format = strdup("vpc"); /* fixed: the footer ends the file */
+			v->capacity = vpc_size(f);
+		} else {
+			v->format = strdup("raw");
+		}
 	}
 }
 
@@ -792,13 +859,22 @@ int bd_vol_open(const char *pool, const char *name, const char *node_name, bool 
 	if (!v)
 		return err->code;
 	const char *fmt = !strcmp(v->format, "none") ? "raw" : v->format;
-	if (strcmp(fmt, "raw") && strcmp(fmt, "qcow2"))
+	static const char *const ro_formats[] = {"vmdk", "vdi", "vpc", "qed", NULL};
+	bool ro_format = false;
+	for (const char *const *f = ro_formats; *f; f++)
+		ro_format |= !strcmp(fmt, *f);
+	if (strcmp(fmt, "raw") && strcmp(fmt, "qcow2") && !ro_format)
 		return bd_err_set(err, -ENOTSUP,
 				  "volume '%s' has format '%s', which blockd cannot "
 				  "open",
 				  v->name, v->format);
-	if (!strcmp(fmt, "qcow2") && !bd_driver_find("qcow2"))
-		return bd_err_set(err, -ENOTSUP, "this blockd has no qcow2 driver");
+	if (!bd_driver_find(fmt))
+		return bd_err_set(err, -ENOTSUP, "this blockd has no %s driver", fmt);
+	if (ro_format && !read_only)
+		return bd_err_set(err, -EROFS,
+				  "volume '%s' is a %s image, which blockd reads only: open it "
+				  "read-only",
+				  v->name, fmt);
 	json_t *o;
 	if (p->be->vol_file_opts) {
 		json_t *file = p->be->vol_file_opts(p, v, err);

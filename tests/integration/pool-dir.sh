@@ -121,6 +121,36 @@ assert_not_contains "$(bc vol-list virtimages)" outside.img
 assert_eq "$(bc pool-refresh virtimages)" "Pool virtimages refreshed"
 assert_contains "$(bc vol-list virtimages)" outside.img
 
+# images of the read-only formats are recognised by their signatures and open read-only
+if command -v qemu-img >/dev/null && command -v nbdcopy >/dev/null; then
+	head -c 1000000 /dev/urandom >"$T/ro.raw"
+	truncate -s 5M "$T/ro.raw"
+	for spec in vmdk: vmdk:subformat=streamOptimized vdi: vpc:subformat=fixed vpc: qed:; do
+		fmt=${spec%%:*} o=${spec#*:}
+		name="ro-$fmt${o:+-${o#*=}}"
+		qemu-img convert -f raw -O "$fmt" ${o:+-o "$o"} "$T/ro.raw" "$T/images/$name"
+	done
+	bc pool-refresh virtimages >/dev/null
+	for name in ro-vmdk ro-vmdk-streamOptimized ro-vdi ro-vpc-fixed ro-vpc ro-qed; do
+		fmt=${name#ro-}
+		fmt=${fmt%%-*}
+		xml=$(bc vol-dumpxml "$name" --pool virtimages)
+		assert_contains "$xml" "<format type='$fmt'/>" "$name format"
+		size=$(qemu-img info -f "$fmt" --output=json "$T/images/$name" | jq '.["virtual-size"]')
+		assert_contains "$xml" "<capacity unit='bytes'>$size</capacity>" "$name capacity"
+		assert_fails bc vol-open "$name" "n-$name" --pool virtimages
+		assert_contains "$BD_OUT" "reads only: open it read-only"
+		bc vol-export "$name" --pool virtimages >/dev/null
+		nbdcopy "nbd+unix:///$name?socket=$T/nbd.sock" "$T/ro.back"
+		qemu-img convert -f "$fmt" -O raw "$T/images/$name" "$T/ro.ref"
+		cmp "$T/ro.ref" "$T/ro.back" || fail "$name reads differently through its pool volume"
+		bc export-del "$name" --hard >/dev/null
+		bc node-del "$name" >/dev/null
+		rm -f "$T/images/$name"
+	done
+	bc pool-refresh virtimages >/dev/null
+fi
+
 # restart: definition, autostart and volumes survive
 bd_stop
 start
