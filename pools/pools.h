@@ -173,8 +173,9 @@ json_t *bd_vol_list(const char *pool, struct bd_err *err); /* [{name, path, type
 							    *   format, capacity, allocation}] */
 json_t *bd_vol_info(const char *pool, const char *vol, struct bd_err *err);
 char *bd_vol_dumpxml(const char *pool, const char *vol, struct bd_err *err);
-/* Open the volume as graph node node_name (a format node over a file/host_device node). */
-int bd_vol_open(const char *pool, const char *vol, const char *node_name, bool read_only,
-		struct bd_err *err);
+/* Open the volume as graph node node_name (a format node over a file/host_device node).
+ * format NULL: the probed format where that is safe (see docs/pools.md), else -EPERM. */
+int bd_vol_open(const char *pool, const char *vol, const char *node_name, const char *format,
+		bool read_only, struct bd_err *err);
 
 #endif /* BLOCKD_POOLS_H */

@@ -297,7 +297,7 @@ int bd_pool_dir_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned
 		static unsigned seq;
 		char tmp[64];
 		snprintf(tmp, sizeof(tmp), "pool-resize-%u", ++seq);
-		if ((r = bd_vol_open(p->def->name, v->name, tmp, false, err)) < 0)
+		if ((r = bd_vol_open(p->def->name, v->name, tmp, NULL, false, err)) < 0)
 			return r;
 		r = bd_node_resize(bd_graph_find(tmp), cap, err);
 		struct bd_err e2 = {0};

@@ -269,9 +269,17 @@ static void probe(struct vol *v, int fd, uint64_t size)
 	} else if (n >= 21 && !memcmp(h, "# Disk DescriptorFile", 21)) {
 		v->format = strdup("vmdk"); /* a descriptor: the extents' sectors add up */
 		v->capacity = vmdk_descriptor_size((const char *)h, (size_t)n);
-	} else if (n >= 56 && !memcmp(h, "QED\0", 4)) {
+	} else if (n >= 64 && !memcmp(h, "QED\0", 4)) {
 		v->format = strdup("qed");
 		v->capacity = le64(h + 48);
+		uint32_t boff = le32(h + 56), blen = le32(h + 60);
+		if (boff && blen && blen < 1024) {
+			char *bp = calloc(1, blen + 1);
+			if (bp && pread(fd, bp, blen, (off_t)boff) == (ssize_t)blen)
+				v->backing_path = bp;
+			else
+				free(bp);
+		}
 	} else if (n >= 0x178 && le32(h + 0x40) == 0xbeda107fu) {
 		v->format = strdup("vdi");
 		v->capacity = le64(h + 0x170);
@@ -851,14 +859,73 @@ char *bd_vol_dumpxml(const char *pool, const char *name, struct bd_err *err)
 	return x;
 }
 
-int bd_vol_open(const char *pool, const char *name, const char *node_name, bool read_only,
-		struct bd_err *err)
+/* Is the backing file of v (relative to v's directory) inside a running pool's directory? */
+static bool backing_in_a_pool(struct vol *v)
+{
+	char *dir = strdup(v->path), *full = NULL, *real = NULL;
+	bool ok = false;
+	if (!dir)
+		return false;
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*slash = 0;
+	if (v->backing_path[0] == '/' ? !!(full = strdup(v->backing_path))
+				      : asprintf(&full, "%s/%s", dir, v->backing_path) >= 0)
+		real = realpath(full, NULL);
+	for (struct pool *p = bd_pool_first(); real && p && !ok; p = p->next) {
+		if (p->state != POOL_RUNNING || !p->be->file_vols || !p->def->target_path)
+			continue;
+		char *t = realpath(p->def->target_path, NULL);
+		size_t tl = t ? strlen(t) : 0;
+		ok = t && !strncmp(real, t, tl) && real[tl] == '/';
+		free(t);
+	}
+	free(real);
+	free(full);
+	free(dir);
+	return ok;
+}
+
+/* The format to open v with.  A probed format is what a guest may have written into a raw
+ * volume (QEMU's safety rule: never promote a raw image by its signature), so without an
+ * explicit format the probe is trusted only where a forged header cannot reach other files:
+ * vdi and vpc, and qcow2/qed whose backing file lies inside a pool.  vmdk (its descriptor
+ * names extent files anywhere) and the rest need format= from the caller. */
+static const char *open_format(struct vol *v, const char *format, struct bd_err *err)
+{
+	const char *probed = !strcmp(v->format, "none") ? "raw" : v->format;
+	if (format)
+		return format;
+	if (!strcmp(probed, "vmdk")) {
+		bd_err_set(err, -EPERM,
+			   "volume '%s' looks like a vmdk image, whose descriptor can name any file "
+			   "on this host: pass format=vmdk (blockctl --format vmdk) to open it as "
+			   "such, or format=raw",
+			   v->name);
+		return NULL;
+	}
+	if ((!strcmp(probed, "qcow2") || !strcmp(probed, "qed")) && v->backing_path &&
+	    !backing_in_a_pool(v)) {
+		bd_err_set(err, -EPERM,
+			   "volume '%s' looks like a %s image backed by '%s', which is not in a "
+			   "running pool: pass format=%s to open it as such (and trust that "
+			   "backing file), or format=raw",
+			   v->name, probed, v->backing_path, probed);
+		return NULL;
+	}
+	return probed;
+}
+
+int bd_vol_open(const char *pool, const char *name, const char *node_name, const char *format,
+		bool read_only, struct bd_err *err)
 {
 	struct pool *p;
 	struct vol *v = find_vol_idle(pool, name, &p, err);
 	if (!v)
 		return err->code;
-	const char *fmt = !strcmp(v->format, "none") ? "raw" : v->format;
+	const char *fmt = open_format(v, format, err);
+	if (!fmt)
+		return err->code;
 	static const char *const ro_formats[] = {"vmdk", "vdi", "vpc", "qed", NULL};
 	bool ro_format = false;
 	for (const char *const *f = ro_formats; *f; f++)

@@ -779,6 +779,8 @@ static int v_open(struct ctx *c, json_t *a)
 	json_object_set_new(args, "node-name", json_string(sa(a, "node-name")));
 	if (fa(a, "read-only"))
 		json_object_set_new(args, "read-only", json_true());
+	if (sa(a, "format"))
+		json_object_set_new(args, "format", json_string(sa(a, "format")));
 	done(run(c, "vol-open", args), "Node %s opened on volume %s", sa(a, "node-name"),
 	     sa(a, "vol"));
 	return 0;
@@ -792,6 +794,8 @@ static int v_export(struct ctx *c, json_t *a)
 	json_object_set_new(args, "node-name", json_string(node));
 	if (!fa(a, "writable"))
 		json_object_set_new(args, "read-only", json_true());
+	if (sa(a, "format"))
+		json_object_set_new(args, "format", json_string(sa(a, "format")));
 	json_decref(run(c, "vol-open", args));
 	json_decref(run(c, "block-export-add",
 			json_pack("{s:s,s:s,s:s,s:s,s:b}", "type", "nbd", "id", name, "node-name",
@@ -902,11 +906,12 @@ static const struct bctl_pool_verb verbs[] = {
     {"vol-dumpxml", "Storage volumes", "vol-dumpxml VOL [--pool POOL]", "a volume's XML",
      "Prints the volume's XML.", v_dumpxml, P("vol"), P("-pool"), 1},
     {"vol-export", "Storage volumes",
-     "vol-export VOL --pool POOL [--node-name NODE] [--name EXPORT] [--writable]",
+     "vol-export VOL --pool POOL [--node-name NODE] [--name EXPORT] [--writable] "
+     "[--format FMT]",
      "export a volume over NBD in one step",
      "Opens the volume as a node (vol-open) and adds an NBD export for it (the NBD server "
-     "must be running).  Read-only unless --writable.",
-     v_export, P("vol"), P("-pool", "-node-name", "-name", "!writable"), 1},
+     "must be running).  Read-only unless --writable.  --format as for vol-open.",
+     v_export, P("vol"), P("-pool", "-node-name", "-name", "!writable", "-format"), 1},
     {"vol-info", "Storage volumes", "vol-info VOL [--pool POOL] [--bytes] [--physical]",
      "volume information", "Name, type, capacity and allocation.", v_info, P("vol"),
      P("-pool", "!bytes", "!physical"), 1},
@@ -916,9 +921,12 @@ static const struct bctl_pool_verb verbs[] = {
      "Lists the volumes as virsh vol-list.", v_list, P("pool"), P("!details"), 1},
     {"vol-name", "Storage volumes", "vol-name KEY", "a volume's name from its key or path",
      "Prints the name.", v_name, P("vol"), NOPT, 1},
-    {"vol-open", "Storage volumes", "vol-open VOL NODE-NAME --pool POOL [--read-only]",
-     "open a volume as a graph node", "The node can then be exported or used by other nodes.",
-     v_open, P("vol", "node-name"), P("-pool", "!read-only"), 2},
+    {"vol-open", "Storage volumes",
+     "vol-open VOL NODE-NAME --pool POOL [--read-only] [--format FMT]",
+     "open a volume as a graph node",
+     "The node can then be exported or used by other nodes.  FMT overrides the probed "
+     "format, which is needed for vmdk and for qcow2/qed images backed outside every pool.",
+     v_open, P("vol", "node-name"), P("-pool", "!read-only", "-format"), 2},
     {"vol-path", "Storage volumes", "vol-path VOL [--pool POOL]", "a volume's path",
      "Prints the path.", v_path, P("vol"), P("-pool"), 1},
     {"vol-pool", "Storage volumes", "vol-pool VOL", "the pool of a volume key or path",

@@ -437,7 +437,7 @@ static int cmd_vol_dumpxml(struct qmp_req *req, json_t *args, struct bd_err *err
 static int cmd_vol_open(struct qmp_req *req, json_t *args, struct bd_err *err)
 {
 	return bd_vol_open(str(args, "pool"), str(args, "vol"), str(args, "node-name"),
-			   flag(args, "read-only"), err);
+			   str(args, "format"), flag(args, "read-only"), err);
 }
 
 /* ---- the table ---- */
@@ -616,9 +616,12 @@ const struct qmp_cmd qmp_cmds_pool[] = {
      "The volume's XML."},
     {"vol-open", cmd_vol_open,
      OBJ(VOL_ARGS, {"node-name", &qmp_t_str, false, "the new node's name"},
-	 {"read-only", &qmp_t_bool, true, "open read-only"}),
+	 {"read-only", &qmp_t_bool, true, "open read-only"},
+	 {"format", &qmp_t_str, true,
+	  "the format driver (default: the probed format where a forged header cannot reach "
+	  "other files: raw, qcow2 or qed backed inside a pool, vdi, vpc)"}),
      NULL, QMP_CMD_BLOCKD,
-     "Open a volume as a graph node: a format node (raw or qcow2) over a file or "
-     "host_device node; delete it with blockdev-del."},
+     "Open a volume as a graph node: a format node (raw, qcow2; vmdk, vdi, vpc and qed "
+     "read-only) over a file or host_device node; delete it with blockdev-del."},
     {NULL},
 };

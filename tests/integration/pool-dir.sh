@@ -138,9 +138,16 @@ if command -v qemu-img >/dev/null && command -v nbdcopy >/dev/null; then
 		assert_contains "$xml" "<format type='$fmt'/>" "$name format"
 		size=$(qemu-img info -f "$fmt" --output=json "$T/images/$name" | jq '.["virtual-size"]')
 		assert_contains "$xml" "<capacity unit='bytes'>$size</capacity>" "$name capacity"
-		assert_fails bc vol-open "$name" "n-$name" --pool virtimages
+		assert_fails bc vol-open "$name" "n-$name" --pool virtimages --format "$fmt"
 		assert_contains "$BD_OUT" "reads only: open it read-only"
-		bc vol-export "$name" --pool virtimages >/dev/null
+		if [ "$fmt" = vmdk ]; then
+			# a probed vmdk could be a guest's forged descriptor naming host files
+			assert_fails bc vol-export "$name" --pool virtimages
+			assert_contains "$BD_OUT" "pass format=vmdk"
+			bc vol-export "$name" --pool virtimages --format vmdk >/dev/null
+		else
+			bc vol-export "$name" --pool virtimages >/dev/null
+		fi
 		nbdcopy "nbd+unix:///$name?socket=$T/nbd.sock" "$T/ro.back"
 		qemu-img convert -f "$fmt" -O raw "$T/images/$name" "$T/ro.ref"
 		cmp "$T/ro.ref" "$T/ro.back" || fail "$name reads differently through its pool volume"
@@ -148,6 +155,23 @@ if command -v qemu-img >/dev/null && command -v nbdcopy >/dev/null; then
 		bc node-del "$name" >/dev/null
 		rm -f "$T/images/$name"
 	done
+	bc pool-refresh virtimages >/dev/null
+fi
+
+# a raw volume whose guest wrote a qcow2 header naming a host file is not promoted
+if command -v qemu-img >/dev/null; then
+	qemu-img create -q -f qcow2 -b /etc/passwd -F raw "$T/images/forged" 1M
+	bc pool-refresh virtimages >/dev/null
+	assert_fails bc vol-open forged forged --pool virtimages --read-only
+	assert_contains "$BD_OUT" "backed by '/etc/passwd', which is not in a running pool"
+	bc vol-open forged forged --pool virtimages --read-only --format raw >/dev/null
+	bc node-del forged >/dev/null
+	# a backing file inside the pool is trusted
+	qemu-img create -q -f qcow2 -b "$T/images/volumen1" -F raw "$T/images/overlay-ok" 1M
+	bc pool-refresh virtimages >/dev/null
+	bc vol-open overlay-ok ok --pool virtimages --read-only >/dev/null
+	bc node-del ok >/dev/null
+	rm -f "$T/images/forged" "$T/images/overlay-ok"
 	bc pool-refresh virtimages >/dev/null
 fi
 
