@@ -17,6 +17,12 @@
 #include <string.h>
 #include <time.h>
 
+/* Exported by libnfs without a declaration in its header: fail every queued call.  Weak: the
+ * calls then wait for their timeout. */
+struct rpc_context;
+extern void rpc_error_all_pdus(struct rpc_context *rpc, const char *error) __attribute__((weak));
+extern struct rpc_context *nfs_get_rpc_context(struct nfs_context *nfs);
+
 /* ---------------------------------------------------------------------------------------------
  * URLs
  */
@@ -262,6 +268,16 @@ static int drive(struct nfs_context *ctx, struct call *c, uint64_t deadline_ns)
 			n = poll(&p, 1, ms);
 			if (n < 0 && errno != EINTR)
 				return -errno;
+		}
+		if (n > 0 && (p.revents & (POLLERR | POLLHUP)) &&
+		    !(nfs_which_events(ctx) & POLLIN)) {
+			/* a connection attempt failed: fail the calls instead of retrying until
+			 * their timeout */
+			if (rpc_error_all_pdus) {
+				rpc_error_all_pdus(nfs_get_rpc_context(ctx),
+						   "the NFS server cannot be reached");
+				continue;
+			}
 		}
 		if (nfs_service(ctx, n > 0 ? p.revents : 0) < 0 && !c->done) {
 			/* the connection broke; libnfs reconnects (or failed every call) */

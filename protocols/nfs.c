@@ -40,6 +40,13 @@
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 #define NFS_TICK_NS 200000000ull
+#define NFS_RETRY_NS 200000000ull /* at most 5 connection attempts a second */
+
+/* libnfs exports it but its header does not declare it (4.0 to 6.x): fail every queued call.
+ * Weak: without it, the queued calls wait for their timeout instead. */
+struct rpc_context;
+extern void rpc_error_all_pdus(struct rpc_context *rpc, const char *error) __attribute__((weak));
+extern struct rpc_context *nfs_get_rpc_context(struct nfs_context *nfs);
 #define NFS_MAX_TRANSFER (1u << 20)
 
 struct nfs_node {
@@ -60,10 +67,13 @@ struct nfs_node {
 	/* Home loop only. */
 	struct bd_poll watch;
 	struct bd_timer tick;
+	struct bd_defer retry;
 	bool tick_armed;
 	bool broken; /* nfs_service() failed: the socket is left alone until a request comes */
+	bool down;   /* the server is unreachable (logged once) */
 	unsigned inflight;
 	uint64_t last_log_ns;
+	uint64_t last_retry_ns;
 
 	/* close(): the watch has stopped */
 	pthread_mutex_t stop_lock;
@@ -127,10 +137,9 @@ static void deliver(struct nfs_req *nr, int ret)
 	nr->buf = NULL;
 	nr->own_buf = false;
 	if (nr->origin == atomic_load_explicit(&nr->nn->home, memory_order_relaxed)) {
-		if (nr->issuing)
-			bd_req_complete_later(nr->req, ret);
-		else
-			bd_req_complete(nr->req, ret);
+		/* always deferred: a completion may submit again at once, and libnfs must not
+		 * get new calls while it fails its queues (rpc_purge_all_pdus asserts that) */
+		bd_req_complete_later(nr->req, ret);
 		return;
 	}
 	nr->ret = ret;
@@ -261,15 +270,23 @@ static void tick_fire(struct bd_timer *t)
 	kick(nn);
 }
 
-/* Watch the socket for what libnfs wants; keep the tick while requests are in flight. */
+/* Is the context connected?  libnfs asks for POLLIN only then. */
+static bool connected(struct nfs_node *nn)
+{
+	return nfs_which_events(nn->ctx) & POLLIN;
+}
+
+/* Watch the socket for what libnfs wants; keep the tick while requests are in flight.  Never
+ * calls into libnfs's service function: kick() runs inside libnfs callbacks too. */
 static void kick(struct nfs_node *nn)
 {
 	struct bd_loop *home = atomic_load_explicit(&nn->home, memory_order_relaxed);
 	int fd = nfs_get_fd(nn->ctx);
 	unsigned ev = 0;
 
-	if (nn->broken && nn->inflight)
-		nn->broken = false; /* a request needs the connection: let libnfs try again */
+	if (nn->broken && nn->inflight && bd_now_ns() - nn->last_retry_ns >= NFS_RETRY_NS)
+		bd_loop_defer(home, &nn->retry); /* requests wait: connect again (the tick
+						  * comes back here while they wait) */
 	if (!nn->broken && fd >= 0)
 		ev = (unsigned)nfs_which_events(nn->ctx);
 	bd_poll_set(home, &nn->watch, fd, ev);
@@ -279,15 +296,50 @@ static void kick(struct nfs_node *nn)
 	}
 }
 
+/* The server could not be reached: fail every waiting request now rather than at its timeout
+ * (libnfs would otherwise try to connect again at every wake-up until then). */
+static void fail_waiting(struct nfs_node *nn, int revents)
+{
+	if (!nn->down)
+		bd_log(BD_LOG_WARN, "nfs '%s': cannot reach %s: %s", nn->name, nn->host,
+		       bd_nfs_error(nn->ctx));
+	nn->down = true;
+	(void)revents;
+	nn->broken = true;
+	if (rpc_error_all_pdus)
+		rpc_error_all_pdus(nfs_get_rpc_context(nn->ctx),
+				   "the NFS server cannot be reached");
+}
+
+static void retry_defer(struct bd_defer *d)
+{
+	struct nfs_node *nn = container_of(d, struct nfs_node, retry);
+
+	if (!nn->broken || !nn->inflight)
+		return;
+	nn->broken = false;
+	nn->last_retry_ns = bd_now_ns();
+	/* a POLLHUP makes libnfs reconnect and queue the requests again */
+	if (!connected(nn) && nfs_service(nn->ctx, POLLHUP) < 0)
+		nn->broken = true; /* the connect failed at once: the requests have failed */
+	kick(nn);
+}
+
 static void watch_ready(struct bd_poll *p, int revents)
 {
 	struct nfs_node *nn = container_of(p, struct nfs_node, watch);
 
-	if (nfs_service(nn->ctx, revents) < 0) {
-		if (!nn->broken)
+	if ((revents & (POLLERR | POLLHUP)) && !connected(nn)) {
+		fail_waiting(nn, revents); /* a connection attempt failed */
+	} else if (nfs_service(nn->ctx, revents) < 0) {
+		if (!nn->down)
 			bd_log(BD_LOG_WARN, "nfs '%s': connection to %s lost: %s", nn->name,
 			       nn->host, bd_nfs_error(nn->ctx));
+		nn->down = true;
 		nn->broken = true;
+	} else if (nn->down && connected(nn)) {
+		bd_log(BD_LOG_INFO, "nfs '%s': connected to %s again", nn->name, nn->host);
+		nn->down = false;
 	}
 	kick(nn);
 }
@@ -750,6 +802,7 @@ static int drv_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 	atomic_init(&nn->home, NULL);
 	bd_poll_init(&nn->watch, watch_ready);
 	bd_timer_init(&nn->tick, tick_fire);
+	nn->retry.fn = retry_defer;
 	return 0;
 
 fail:
