@@ -103,6 +103,8 @@ NFS_CORE_PARAM {
 }
 NFSV4 { Graceless = true; RecoveryRoot = $NFS_DIR/recov; Lease_Lifetime = 10; }
 NFS_KRB5 { Active_krb5 = false; }
+# the tests change the exported directory behind ganesha's back: no attribute or directory cache
+MDCACHE { Dir_Chunk = 0; }
 EXPORT_DEFAULTS { SecType = sys; Squash = No_Root_Squash; }
 EXPORT {
     Export_Id = 1;
@@ -112,6 +114,7 @@ EXPORT {
     Squash = No_Root_Squash;
     Protocols = 3;
     Transports = TCP;
+    Attr_Expiration_Time = 0;
     FSAL { Name = VFS; }
 }
 LOG { Default_Log_Level = EVENT; }
