@@ -532,3 +532,26 @@ long bd_nfs_pwrite(struct nfs_context *ctx, struct nfsfh *fh, uint64_t off, size
 	}
 	return (long)done;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * For the fuzz harness (tests/fuzz/fuzz-nfsurl.c): split url as open() would; 0 or -errno.
+ */
+int bd_nfs_url_fuzz(const char *url);
+int bd_nfs_url_fuzz(const char *url)
+{
+	struct bd_nfs_conn c = {.uid = -1, .gid = -1, .tcp_syncnt = -1};
+	struct bd_err err = {0};
+	char *host, *dir, *file;
+	int r = bd_nfs_url_split(url, &c, &host, &dir, &file, &err);
+
+	if (r == 0) {
+		if (!*host || dir[0] != '/' || !*file || strchr(file, '/'))
+			abort(); /* the promised shape */
+		free(host);
+		free(dir);
+		free(file);
+	} else if (!err.msg[0]) {
+		abort(); /* every failure explains itself */
+	}
+	return r;
+}
