@@ -22,7 +22,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char *s = malloc(size + 1);
 	if (!s)
 		return 0;
-	memcpy(s, data, size);
+	if (size)
+		memcpy(s, data, size);
 	s[size] = '\0';
 	bd_nfs_url_fuzz(s);
 	free(s);
