@@ -22,6 +22,11 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <nfsc/libnfs-raw-mount.h>
+#include <nfsc/libnfs-raw.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -483,6 +488,145 @@ static json_t *netfs_vol_file_opts(struct pool *p, struct vol *v, struct bd_err 
 	return o;
 }
 
+/* ---- find-storage-pool-sources: the server's export list (MOUNT EXPORT) ---- */
+
+struct exports_call {
+	bool done;
+	int status;
+	char **dirs;
+	size_t n;
+};
+
+static void exports_cb(struct rpc_context *rpc, int status, void *data, void *priv)
+{
+	struct exports_call *c = priv;
+
+	(void)rpc;
+	c->done = true;
+	c->status = status == RPC_STATUS_SUCCESS ? 0 : -EIO;
+	if (status != RPC_STATUS_SUCCESS || !data)
+		return;
+	for (exports e = *(exports *)data; e && c->n < 4096; e = e->ex_next) {
+		char **d = realloc(c->dirs, (c->n + 1) * sizeof(*d));
+		if (!d)
+			return;
+		c->dirs = d;
+		if ((c->dirs[c->n] = strdup(e->ex_dir ? e->ex_dir : "")))
+			c->n++;
+	}
+}
+
+static void xml_escape(FILE *f, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\'' || *s == '"' || *s == '&' || *s == '<' || *s == '>')
+			fprintf(f, "&#%d;", *s);
+		else if ((unsigned char)*s >= 0x20)
+			fputc(*s, f);
+	}
+}
+
+/* The host named by <source><host name=.../></source> (malloc'd), or NULL with err set. */
+static char *spec_host(const char *spec, struct bd_err *err)
+{
+	xmlDocPtr doc;
+	char *host = NULL;
+
+	if (!spec || !*spec) {
+		bd_err_set(err, -EINVAL,
+			   "find-storage-pool-sources for netfs needs a source spec naming the "
+			   "server: <source><host name='HOST'/></source>");
+		return NULL;
+	}
+	doc = xmlReadMemory(spec, (int)strlen(spec), "spec.xml", NULL,
+			    XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+	xmlNodePtr root = doc ? xmlDocGetRootElement(doc) : NULL;
+	if (!root || xmlStrcmp(root->name, (const xmlChar *)"source")) {
+		bd_err_set(err, -EINVAL,
+			   "invalid source spec: expected <source><host name='HOST'/>"
+			   "</source>");
+		goto out;
+	}
+	for (xmlNodePtr n = root->children; n; n = n->next) {
+		if (n->type != XML_ELEMENT_NODE)
+			continue;
+		xmlChar *v = NULL;
+		if (!xmlStrcmp(n->name, (const xmlChar *)"format") &&
+		    (v = xmlGetProp(n, (const xmlChar *)"type")) &&
+		    xmlStrcmp(v, (const xmlChar *)"nfs") && xmlStrcmp(v, (const xmlChar *)"auto")) {
+			bd_err_set(err, -ENOTSUP,
+				   "find-storage-pool-sources: source format '%s' is not nfs",
+				   (const char *)v);
+			xmlFree(v);
+			free(host);
+			host = NULL;
+			goto out;
+		}
+		if (!xmlStrcmp(n->name, (const xmlChar *)"host") && !host &&
+		    (v = xmlGetProp(n, (const xmlChar *)"name")) && *v)
+			host = strdup((const char *)v);
+		xmlFree(v);
+	}
+	if (!host)
+		bd_err_set(err, -EINVAL, "the source spec names no <host name='HOST'/>");
+out:
+	xmlFreeDoc(doc);
+	return host;
+}
+
+static char *netfs_find_sources(const char *spec, struct bd_err *err)
+{
+	struct exports_call c = {0};
+	struct rpc_context *rpc;
+	char *host = spec_host(spec, err), *res = NULL;
+	size_t len = 0;
+
+	if (!host)
+		return NULL;
+	if (!(rpc = rpc_init_context())) {
+		bd_err_set(err, -ENOMEM, "cannot create an RPC context");
+		goto out;
+	}
+	if (mount_getexports_async(rpc, host, exports_cb, &c) < 0) {
+		bd_err_set(err, -EIO, "cannot ask '%s' for its exports: %s", host,
+			   rpc_get_error(rpc));
+		goto out_rpc;
+	}
+	uint64_t deadline = bd_now_ns() + NETFS_TIMEOUT * 1000000000ull;
+	while (!c.done && bd_now_ns() < deadline) {
+		struct pollfd p = {.fd = rpc_get_fd(rpc), .events = (short)rpc_which_events(rpc)};
+		int n = p.fd >= 0 ? poll(&p, 1, 100) : 0;
+		if (n < 0 && errno != EINTR)
+			break;
+		if (rpc_service(rpc, n > 0 ? p.revents : 0) < 0 && !c.done)
+			break;
+	}
+	if (!c.done || c.status < 0) {
+		bd_err_set(err, -EIO, "cannot get the export list of '%s': %s", host,
+			   c.done ? rpc_get_error(rpc) : "no answer");
+		goto out_rpc;
+	}
+	FILE *f = open_memstream(&res, &len);
+	fprintf(f, "<sources>\n");
+	for (size_t i = 0; i < c.n; i++) {
+		fprintf(f, "  <source>\n    <host name='");
+		xml_escape(f, host);
+		fprintf(f, "'/>\n    <dir path='");
+		xml_escape(f, c.dirs[i]);
+		fprintf(f, "'/>\n    <format type='nfs'/>\n  </source>\n");
+	}
+	fprintf(f, "</sources>\n");
+	fclose(f);
+out_rpc:
+	rpc_destroy_context(rpc); /* may run exports_cb (c is still valid) */
+out:
+	for (size_t i = 0; i < c.n; i++)
+		free(c.dirs[i]);
+	free(c.dirs);
+	free(host);
+	return res;
+}
+
 const struct pool_backend bd_pool_backend_netfs_nfs = {
     .type = "netfs",
     .buildable = false,
@@ -495,5 +639,6 @@ const struct pool_backend bd_pool_backend_netfs_nfs = {
     .vol_resize = netfs_vol_resize,
     .vol_file_opts = netfs_vol_file_opts,
     .vol_wipe = netfs_vol_wipe,
+    .find_sources = netfs_find_sources,
     .netfs_format = "nfs",
 };

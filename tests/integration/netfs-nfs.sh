@@ -3,7 +3,8 @@
 # mount: define/start, refresh lists the export's files (raw and qcow2 told apart, hidden files
 # and directories left out), vol create (raw, qcow2), resize, wipe, delete, each checked on the
 # server's directory; a volume opened as a node and written through NBD; qemu-img check of a
-# qcow2 volume; in-use refusals; a pool whose export does not exist fails to start.
+# qcow2 volume; in-use refusals; find-storage-pool-sources lists the exports; a pool whose
+# export does not exist fails to start.
 # meson-suite: slow
 # meson-timeout: 240
 source "$(dirname "$0")/../lib/common.sh"
@@ -121,6 +122,16 @@ out=$(bc vol-wipe --pool np a.raw --algorithm random 2>&1) || fail "vol-wipe ran
 out=$(bc vol-delete --pool np v1 2>&1) || fail "vol-delete: $out"
 assert_not_exists "$E/v1"
 assert_not_contains "$(bc vol-list np)" " v1 "
+
+# find-storage-pool-sources: the server's exports
+"$BLOCKCTL" --socket "$T/c.sock" qmp find-storage-pool-sources \
+	"{\"type\": \"netfs\", \"spec\": \"<source><host name='$NFS_HOST'/></source>\"}" >"$T/fs" 2>&1 ||
+	fail "find-storage-pool-sources: $(cat "$T/fs")"
+assert_contains "$(cat "$T/fs")" "<dir path='/export'/>"
+assert_contains "$(cat "$T/fs")" "<format type='nfs'/>"
+out=$("$BLOCKCTL" --socket "$T/c.sock" qmp find-storage-pool-sources '{"type": "netfs"}' 2>&1) &&
+	fail "find-storage-pool-sources without a host: $out"
+assert_contains "$out" "needs a source spec"
 
 # a pool whose export does not exist
 sed -e "s|<name>np</name>|<name>bad</name>|" -e "s|<dir path='$NFS_EXPORT'/>|<dir path='/nope'/>|" \
