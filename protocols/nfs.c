@@ -157,11 +157,13 @@ static void finish(struct nfs_req *nr, int ret)
 
 static int issue(struct nfs_req *nr);
 
+/* The rest of a short transfer: the same request, counted once in inflight. */
 static void reissue(struct nfs_req *nr)
 {
+	nr->nn->inflight--;
 	int r = issue(nr);
 	if (r < 0)
-		finish(nr, r);
+		deliver(nr, r);
 }
 
 static void read_cb(int status, struct nfs_context *ctx, void *data, void *priv)
