@@ -41,6 +41,7 @@ out=$(bc pool-start np 2>&1) || fail "pool-start: $out"
 bc pool-info np >"$T/info"
 assert_contains "$(cat "$T/info")" "running"
 assert_not_exists "$T/target" # nothing is mounted, nothing is created
+assert_contains "$(bc pool-capabilities)" "<pool type='netfs' supported='yes'>"
 xml=$(bc pool-dumpxml np)
 assert_contains "$xml" "<format type='nfs'/>"
 assert_contains "$xml" "<path>$T/target</path>"
@@ -133,9 +134,9 @@ out=$("$BLOCKCTL" --socket "$T/c.sock" qmp find-storage-pool-sources '{"type": "
 	fail "find-storage-pool-sources without a host: $out"
 assert_contains "$out" "needs a source spec"
 
-# a pool whose export does not exist
+# a pool whose export does not exist (and without <format>: NFS is the default netfs format)
 sed -e "s|<name>np</name>|<name>bad</name>|" -e "s|<dir path='$NFS_EXPORT'/>|<dir path='/nope'/>|" \
-	-e "s|$T/target|$T/target2|" "$T/pool.xml" >"$T/bad.xml"
+	-e "s|$T/target|$T/target2|" -e "/<format type='nfs'/d" "$T/pool.xml" >"$T/bad.xml"
 bc pool-define "$T/bad.xml" >/dev/null
 out=$(bc pool-start bad 2>&1) && fail "a pool on a missing export started"
 assert_contains "$out" "Could not mount NFS export '$NFS_HOST:/nope'"
