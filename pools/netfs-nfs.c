@@ -506,13 +506,20 @@ static void exports_cb(struct rpc_context *rpc, int status, void *data, void *pr
 	c->status = status == RPC_STATUS_SUCCESS ? 0 : -EIO;
 	if (status != RPC_STATUS_SUCCESS || !data)
 		return;
-	for (exports e = *(exports *)data; e && c->n < 4096; e = e->ex_next) {
+	/* libnfs 4.0's XDR decoder places the nodes at 4-byte aligned addresses: copy each one
+	 * out instead of reading it in place (UBSan reports the misaligned access) */
+	exports e;
+	memcpy(&e, data, sizeof(e));
+	while (e && c->n < 4096) {
+		struct exportnode node;
+		memcpy(&node, e, sizeof(node));
 		char **d = realloc(c->dirs, (c->n + 1) * sizeof(*d));
 		if (!d)
 			return;
 		c->dirs = d;
-		if ((c->dirs[c->n] = strdup(e->ex_dir ? e->ex_dir : "")))
+		if ((c->dirs[c->n] = strdup(node.ex_dir ? node.ex_dir : "")))
 			c->n++;
+		e = node.ex_next;
 	}
 }
 
