@@ -308,6 +308,7 @@ static void fail_waiting(struct nfs_node *nn, int revents)
 	nn->down = true;
 	(void)revents;
 	nn->broken = true;
+	nn->last_retry_ns = bd_now_ns();
 	if (rpc_error_all_pdus)
 		rpc_error_all_pdus(nfs_get_rpc_context(nn->ctx),
 				   "the NFS server cannot be reached");
@@ -346,10 +347,17 @@ static void watch_ready(struct bd_poll *p, int revents)
 	kick(nn);
 }
 
+/* The server was found unreachable less than NFS_RETRY_NS ago: fail at once rather than wait
+ * for the next connection attempt. */
+static bool fail_fast(struct nfs_node *nn)
+{
+	return nn->broken && bd_now_ns() - nn->last_retry_ns < NFS_RETRY_NS;
+}
+
 static void home_start(void *arg)
 {
 	struct nfs_req *nr = arg;
-	int r = issue(nr);
+	int r = fail_fast(nr->nn) ? -EIO : issue(nr);
 
 	if (r < 0)
 		deliver(nr, r);
@@ -397,8 +405,10 @@ static int drv_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *r
 			bd_iov_to_buf(req->iov, req->iovcnt, 0, nr->buf, req->len);
 		}
 	}
-	if (nr->origin == home) {
-		/* completions inside submit() must be deferred: issuing covers the call */
+	if (nr->origin == home && fail_fast(nn)) {
+		deliver(nr, -EIO); /* deferred: never inside submit() */
+		return 0;
+	} else if (nr->origin == home) {
 		nr->issuing = true;
 		r = issue(nr);
 		nr->issuing = false;
