@@ -111,6 +111,13 @@ static int map_err(int status)
 	}
 }
 
+/* libnfs's last error text, or what status means when it has none */
+static const char *err_text(struct nfs_node *nn, int status)
+{
+	const char *e = nfs_get_error(nn->ctx);
+	return e && *e ? e : strerror(-map_err(status));
+}
+
 static void log_err(struct nfs_node *nn, const char *what, int status)
 {
 	uint64_t now = bd_now_ns();
@@ -118,8 +125,8 @@ static void log_err(struct nfs_node *nn, const char *what, int status)
 	if (now - nn->last_log_ns < 1000000000ull)
 		return; /* at most one line a second per node */
 	nn->last_log_ns = now;
-	bd_log(BD_LOG_WARN, "nfs '%s': %s on %s:%s/%s failed: %s (%s)", nn->name, what, nn->host,
-	       nn->dir, nn->file, bd_nfs_error(nn->ctx), strerror(-status));
+	bd_log(BD_LOG_WARN, "nfs '%s': %s on %s:%s/%s failed: %s", nn->name, what, nn->host,
+	       nn->dir, nn->file, err_text(nn, status));
 }
 
 static void origin_complete(void *arg)
@@ -303,8 +310,8 @@ static void kick(struct nfs_node *nn)
 static void fail_waiting(struct nfs_node *nn, int revents)
 {
 	if (!nn->down)
-		bd_log(BD_LOG_WARN, "nfs '%s': cannot reach %s: %s", nn->name, nn->host,
-		       bd_nfs_error(nn->ctx));
+		bd_log(BD_LOG_WARN, "nfs '%s': cannot reach %s: the connection failed (%s)",
+		       nn->name, nn->host, err_text(nn, -EIO));
 	nn->down = true;
 	(void)revents;
 	nn->broken = true;
