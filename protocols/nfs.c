@@ -87,7 +87,6 @@ struct nfs_req {
 	struct bd_loop *origin;
 	char *buf; /* WRITE: the data (req's single iovec, or a copy) */
 	bool own_buf;
-	bool issuing; /* inside a libnfs call that may complete synchronously */
 	uint64_t done;
 	int ret;
 };
@@ -231,16 +230,14 @@ static void flush_cb(int status, struct nfs_context *ctx, void *data, void *priv
 }
 
 /* Hand the (rest of the) request to libnfs.  Counted in inflight when 0 is returned; its
- * callback may already have run. */
+ * callback may already have run (libnfs's page cache answers reads at once). */
 static int issue(struct nfs_req *nr)
 {
 	struct nfs_node *nn = nr->nn;
 	struct bd_req *req = nr->req;
-	bool was = nr->issuing;
 	int r;
 
 	nn->inflight++;
-	nr->issuing = true;
 	switch (req->op) {
 	case BD_OP_READ:
 		r = nfs_pread_async(nn->ctx, nn->fh, req->offset + nr->done, req->len - nr->done,
@@ -258,7 +255,6 @@ static int issue(struct nfs_req *nr)
 	default:
 		r = -1;
 	}
-	nr->issuing = was;
 	if (r < 0) {
 		nn->inflight--;
 		log_err(nn, "queueing a request", -EIO);
@@ -396,7 +392,6 @@ static int drv_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *r
 	nr->done = 0;
 	nr->buf = NULL;
 	nr->own_buf = false;
-	nr->issuing = false;
 	if (req->op != BD_OP_FLUSH && req->len == 0) {
 		bd_req_complete_later(req, 0);
 		return 0;
@@ -416,9 +411,7 @@ static int drv_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *r
 		deliver(nr, -EIO); /* deferred: never inside submit() */
 		return 0;
 	} else if (nr->origin == home) {
-		nr->issuing = true;
-		r = issue(nr);
-		nr->issuing = false;
+		r = issue(nr); /* a completion, even at once, is deferred by deliver() */
 	} else {
 		r = bd_loop_send(home, home_start, nr);
 	}

@@ -94,6 +94,23 @@ cmp -n $((1 << 20)) <(head -c $((1 << 20)) /dev/zero | tr '\0' '\102') \
 qmp query-named-block-nodes >"$T/q"
 assert_contains "$(cat "$T/q")" '"home-loop"'
 
+# libnfs's page cache and read-ahead (reads may complete at once; FUA becomes write + COMMIT)
+qmp blockdev-add "{\"driver\": \"raw\", \"node-name\": \"d2\", \"file\": {\"driver\": \"nfs\",
+	\"filename\": \"nfs://$NFS_HOST$NFS_EXPORT/disk.img?pagecache=64&readahead=131072\"}}" >"$T/r" ||
+	fail "blockdev-add with page cache: $(cat "$T/r")"
+qmp block-export-add '{"type": "nbd", "id": "e3", "node-name": "d2", "name": "pc",
+	"writable": true}' >"$T/r" || fail "export: $(cat "$T/r")"
+pcuri=$(bd_nbd_unix_uri "$T/s" pc)
+qemu-img convert -f raw -O raw "$pcuri" "$T/read3"
+qemu-img convert -f raw -O raw "$pcuri" "$T/read4"
+assert_file_eq "$T/read3" "$img"
+assert_file_eq "$T/read4" "$img"
+out=$(qemu-io -f raw -c "write -f -P 0x3c 5M 64k" -c "read -P 0x3c 5M 64k" "$pcuri" 2>&1) || fail "$out"
+assert_not_contains "$out" "Pattern verification failed"
+assert_eq "$(od -An -tx1 -j $((5 << 20)) -N 1 "$img" | tr -d ' ')" 3c "server byte after a FUA write"
+qmp query-named-block-nodes >"$T/q"
+assert_contains "$(cat "$T/q")" '"stable-fua": false'
+
 # bad locations: clear errors, the daemon keeps serving
 check_err()
 {
