@@ -98,10 +98,13 @@ assert_contains "$out" "in use"
 out=$(bc pool-destroy np 2>&1) && fail "destroyed a pool with an open volume"
 "$BLOCKCTL" --socket "$T/c.sock" qmp block-export-del '{"id": "q1"}' >/dev/null
 "$BLOCKCTL" --socket "$T/c.sock" qmp block-export-del '{"id": "v1"}' >/dev/null
-sleep 0.3
-for n in qn v1; do
-	out=$("$BLOCKCTL" --socket "$T/c.sock" qmp blockdev-del "{\"node-name\": \"$n\"}" 2>&1) ||
-		fail "blockdev-del $n: $out"
+for n in qn v1; do # the exports let go of their nodes once their clients are gone
+	for i in $(seq 1 50); do
+		out=$("$BLOCKCTL" --socket "$T/c.sock" qmp blockdev-del "{\"node-name\": \"$n\"}" 2>&1) &&
+			break
+		sleep 0.1
+	done
+	[ "$i" -lt 50 ] || fail "blockdev-del $n: $out"
 done
 assert_ok qemu-img check -q "$E/q1"
 out=$(qemu-io -f qcow2 -r -c "read -P 0x6b 90M 1M" "$E/q1" 2>&1) || fail "$out"
