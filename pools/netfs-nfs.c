@@ -412,7 +412,7 @@ static int netfs_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigne
 			return bd_err_set(err, -ENOTSUP,
 					  "shrinking a qcow2 volume is not supported");
 		snprintf(tmp, sizeof(tmp), "netfs-resize-%u", ++seq);
-		if ((r = bd_vol_open(p->def->name, v->name, tmp, false, err)) < 0)
+		if ((r = bd_vol_open(p->def->name, v->name, tmp, "qcow2", false, err)) < 0)
 			return r;
 		r = bd_node_resize(bd_graph_find(tmp), cap, err);
 		struct bd_err e2 = {0};
