@@ -490,13 +490,39 @@ fail:
 	return r;
 }
 
+/* "dir, fs, ..." from the backend table (netfs once, with its formats). */
+static void supported_types(char *buf, size_t len)
+{
+	size_t used = 0;
+	buf[0] = 0;
+	for (size_t i = 0; backends[i] && used < len; i++) {
+		const struct pool_backend *be = backends[i];
+		if (be->netfs_format) {
+			bool seen = false;
+			for (size_t j = 0; j < i; j++)
+				seen |= !strcmp(backends[j]->type, be->type);
+			if (seen)
+				continue;
+		}
+		used += (size_t)snprintf(buf + used, len - used, "%s%s", used ? ", " : "",
+					 be->type);
+	}
+}
+
 static int unsupported(struct pool *p, struct bd_err *err)
 {
-	return bd_err_set(
-	    err, -ENOTSUP,
-	    "storage pool type '%s' is not supported yet by blockd (supported: dir, "
-	    "fs, disk, logical); the pool '%s' can be defined but not built or started",
-	    p->def->type, p->def->name);
+	char types[256];
+	supported_types(types, sizeof(types));
+	if (!strcmp(p->def->type, "netfs"))
+		return bd_err_set(err, -ENOTSUP,
+				  "netfs pools with source format '%s' are not supported by this "
+				  "blockd; the pool '%s' can be defined but not built or started",
+				  p->def->source.format ? p->def->source.format : "auto",
+				  p->def->name);
+	return bd_err_set(err, -ENOTSUP,
+			  "storage pool type '%s' is not supported yet by blockd (supported: %s); "
+			  "the pool '%s' can be defined but not built or started",
+			  p->def->type, types, p->def->name);
 }
 
 static void update_space(struct pool *p)
@@ -1105,9 +1131,18 @@ char *bd_pool_find_sources(const char *type, const char *spec, struct bd_err *er
 	}
 	if (!strcmp(type, "logical"))
 		return bd_pool_logical_find_sources(err);
-	for (size_t i = 0; backends[i]; i++)
-		if (!strcmp(backends[i]->type, type) && backends[i]->find_sources)
-			return backends[i]->find_sources(spec, err);
+	/* netfs: the spec's <format type=.../> picks the backend (nfs by default) */
+	char fmt[32] = "nfs";
+	const char *f = spec ? strstr(spec, "<format") : NULL;
+	if (f && (f = strstr(f, "type=")) && (f[5] == '\'' || f[5] == '"')) {
+		const char *end = strchr(f + 6, f[5]);
+		if (end && (size_t)(end - f - 6) < sizeof(fmt))
+			snprintf(fmt, sizeof(fmt), "%.*s", (int)(end - f - 6), f + 6);
+	}
+	const struct pool_backend *be =
+	    backend_for_format(type, !strcmp(type, "netfs") ? fmt : NULL);
+	if (be && be->find_sources)
+		return be->find_sources(spec, err);
 	bd_err_set(err, -ENOTSUP,
 		   "find-storage-pool-sources is not supported for pool type '%s' (supported: fs, "
 		   "logical)",
