@@ -211,7 +211,10 @@ bool bd_vol_fd_is_stream(int fd)
  * truncated destination), and with zero_holes so are blocks of zeroes. */
 static int copy_range(struct vol_task *t, uint64_t ooff, bool zero_holes)
 {
-	bool in_stream = bd_vol_fd_is_stream(t->in), out_stream = bd_vol_fd_is_stream(t->out);
+	/* endpoints: fds, or graph nodes (volumes reached through a protocol driver) */
+	bool in_node = t->src, out_node = t->dst;
+	bool in_stream = !in_node && bd_vol_fd_is_stream(t->in);
+	bool out_stream = !out_node && bd_vol_fd_is_stream(t->out);
 	char *buf = malloc(COPY_CHUNK);
 	uint64_t done = 0, len = t->len;
 	int r = 0;
@@ -221,7 +224,7 @@ static int copy_range(struct vol_task *t, uint64_t ooff, bool zero_holes)
 		size_t want = len - done < COPY_CHUNK ? (size_t)(len - done) : COPY_CHUNK;
 		if ((r = cancelled(&t->err)) < 0)
 			break;
-		if (!in_stream && !out_stream && !t->dense) {
+		if (!in_node && !out_node && !in_stream && !out_stream && !t->dense) {
 			off_t data = lseek(t->in, (off_t)(t->in_off + done), SEEK_DATA);
 			if (data < 0 && errno == ENXIO) {
 				/* only a hole up to the end */
@@ -236,7 +239,15 @@ static int copy_range(struct vol_task *t, uint64_t ooff, bool zero_holes)
 				continue;
 			}
 		}
-		ssize_t n = read_some(t->in, in_stream, buf, want, t->in_off + done);
+		ssize_t n;
+		if (in_node) {
+			n = (ssize_t)want;
+			int e = bd_node_io_sync(t->src, BD_OP_READ, t->in_off + done, want, buf, 0);
+			if (e < 0)
+				n = e;
+		} else {
+			n = read_some(t->in, in_stream, buf, want, t->in_off + done);
+		}
 		if (n < 0) {
 			r = bd_err_set(&t->err, (int)n, "read failed: %s", strerror((int)-n));
 			break;
@@ -250,10 +261,18 @@ static int copy_range(struct vol_task *t, uint64_t ooff, bool zero_holes)
 				       t->limit - t->out_base);
 			break;
 		}
-		if (out_stream || !(zero_holes && bd_buf_is_zero(buf, (size_t)n)))
+		if (out_node) {
+			if ((r = bd_node_io_sync(t->dst, BD_OP_WRITE, ooff + done, (uint64_t)n, buf,
+						 0)) < 0) {
+				bd_err_set(&t->err, r, "write failed at %" PRIu64 ": %s", ooff + done,
+					   strerror(-r));
+				break;
+			}
+		} else if (out_stream || !(zero_holes && bd_buf_is_zero(buf, (size_t)n))) {
 			if ((r = write_all(t->out, out_stream, buf, (size_t)n, ooff + done,
 					   &t->err)) < 0)
 				break;
+		}
 		done += (uint64_t)n;
 		atomic_store(&t->progress, done);
 	}
@@ -379,6 +398,9 @@ static void task_run(struct vol_task *t)
 		break;
 	}
 	}
+	if (r == 0 && t->dst && t->kind != VT_CONVERT &&
+	    (r = bd_node_io_sync(t->dst, BD_OP_FLUSH, 0, 0, NULL, 0)) < 0)
+		bd_err_set(&t->err, r, "flush failed: %s", strerror(-r));
 	if (r == 0 && t->out >= 0 && !bd_vol_fd_is_stream(t->out) && fsync(t->out) < 0)
 		r = bd_err_set(&t->err, -errno, "fsync failed: %s", strerror(errno));
 	if (t->in >= 0)

@@ -663,16 +663,31 @@ static int user_fd(const char *file, int fd, int flags, struct bd_err *err)
 	return fd;
 }
 
-static int no_network_vols(struct pool *p, const char *what, int fd, struct bd_err *err)
+/* Volumes reached through a protocol driver (rbd, gluster, nfs, iscsi): their bytes are a
+ * temporary graph node of that protocol, which the task's finish hook closes. */
+static struct bd_node *open_vol_bytes(struct pool *p, struct vol *v, bool ro, char *name,
+				      size_t namelen, struct bd_err *err)
 {
-	if (!p->be->vol_file_opts)
-		return 0;
-	if (fd >= 0)
-		close(fd);
-	return bd_err_set(err, -ENOTSUP,
-			  "%s volumes of a '%s' pool is not supported yet (open the volume and "
-			  "use an export)",
-			  what, p->def->type);
+	static unsigned seq;
+	json_t *o = p->be->vol_file_opts(p, v, err);
+	if (!o)
+		return NULL;
+	snprintf(name, namelen, "pool-data-%u", ++seq);
+	json_object_set_new(o, "node-name", json_string(name));
+	json_object_set_new(o, "read-only", json_boolean(ro));
+	struct bd_node *n = bd_node_open(o, err);
+	json_decref(o);
+	return n;
+}
+
+static void node_task_finished(struct vol_task *t)
+{
+	struct bd_err e = {0};
+	if (t->src)
+		bd_graph_del(t->src_node, &e);
+	if (t->dst)
+		bd_graph_del(t->dst_node, &e);
+	bd_vol_task_finished(t);
 }
 
 int bd_vol_upload(const char *pool, const char *name, const char *file, int fd, uint64_t offset,
@@ -682,8 +697,7 @@ int bd_vol_upload(const char *pool, const char *name, const char *file, int fd, 
 	struct vol *v = find_vol_idle(pool, name, &p, err);
 	struct stat st;
 	int r;
-	if (!v || (r = bd_vol_check_unused(p, v, err)) < 0 ||
-	    (r = no_network_vols(p, "upload into", fd, err)) < 0) {
+	if (!v || (r = bd_vol_check_unused(p, v, err)) < 0) {
 		if (fd >= 0)
 			close(fd);
 		return err->code;
@@ -710,15 +724,25 @@ int bd_vol_upload(const char *pool, const char *name, const char *file, int fd, 
 		return bd_err_set(err, -ENOMEM, "out of memory");
 	}
 	t->in = in;
-	uint64_t base, vsize;
-	t->out = bd_vol_fd(v, O_WRONLY, &base, &vsize, err);
-	if (t->out < 0) {
+	uint64_t base = 0, vsize;
+	if (p->be->vol_file_opts) {
+		t->dst = open_vol_bytes(p, v, false, t->dst_node, sizeof(t->dst_node), err);
+		if (!t->dst) {
+			bd_vol_task_free(t);
+			return err->code;
+		}
+		vsize = bd_node_size(t->dst);
+		t->limit = vsize; /* a protocol node does not grow: qcow2 too */
+		t->finish = node_task_finished;
+	} else if ((t->out = bd_vol_fd(v, O_WRONLY, &base, &vsize, err)) < 0) {
 		r = t->out;
 		t->out = -1;
 		bd_vol_task_free(t);
 		return r;
 	}
-	if (strcmp(v->format, "qcow2")) {
+	if (!t->finish)
+		t->finish = bd_vol_task_finished;
+	if (t->limit || strcmp(v->format, "qcow2")) {
 		/* raw bytes stay inside the volume; a qcow2 volume takes a whole image file */
 		if (offset > vsize || (len != UINT64_MAX && len > vsize - offset)) {
 			bd_vol_task_free(t);
@@ -732,7 +756,6 @@ int bd_vol_upload(const char *pool, const char *name, const char *file, int fd, 
 	t->out_base = base;
 	t->out_off = base + offset;
 	t->len = len;
-	t->finish = bd_vol_task_finished;
 	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
 		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
 	return r;
@@ -745,20 +768,33 @@ int bd_vol_download(const char *pool, const char *name, const char *file, int fd
 	struct pool *p;
 	struct vol *v = find_vol_idle(pool, name, &p, err);
 	int r;
-	if (!v || (r = no_network_vols(p, "download from", fd, err)) < 0) {
+	if (!v) {
 		if (fd >= 0)
 			close(fd);
 		return err->code;
 	}
-	uint64_t base, vsize;
-	int in = bd_vol_fd(v, O_RDONLY, &base, &vsize, err);
-	if (in < 0) {
+	uint64_t base = 0, vsize = 0;
+	int in = -1;
+	struct bd_node *src = NULL;
+	char src_name[48] = "";
+	if (p->be->vol_file_opts) {
+		src = open_vol_bytes(p, v, true, src_name, sizeof(src_name), err);
+		if (src)
+			vsize = bd_node_size(src);
+	} else {
+		in = bd_vol_fd(v, O_RDONLY, &base, &vsize, err);
+	}
+	if (in < 0 && !src) {
 		if (fd >= 0)
 			close(fd);
-		return in;
+		return err->code;
 	}
 	if (offset > vsize) {
-		close(in);
+		struct bd_err e = {0};
+		if (src)
+			bd_graph_del(src_name, &e);
+		if (in >= 0)
+			close(in);
 		if (fd >= 0)
 			close(fd);
 		return bd_err_set(err, -EINVAL, "offset is past the end of volume '%s'", v->name);
@@ -767,22 +803,25 @@ int bd_vol_download(const char *pool, const char *name, const char *file, int fd
 	if (len > vsize - offset)
 		len = vsize - offset;
 	int out = user_fd(file, fd, O_WRONLY | O_CREAT | O_TRUNC, err);
-	if (out < 0) {
-		close(in);
-		return out;
-	}
-	struct vol_task *t = bd_vol_task_new(VT_DOWNLOAD, "download");
+	struct vol_task *t = out >= 0 ? bd_vol_task_new(VT_DOWNLOAD, "download") : NULL;
 	if (!t) {
-		close(in);
-		close(out);
-		return bd_err_set(err, -ENOMEM, "out of memory");
+		struct bd_err e = {0};
+		if (src)
+			bd_graph_del(src_name, &e);
+		if (in >= 0)
+			close(in);
+		if (out >= 0)
+			close(out);
+		return out < 0 ? out : bd_err_set(err, -ENOMEM, "out of memory");
 	}
 	t->in = in;
+	t->src = src;
+	memcpy(t->src_node, src_name, sizeof(t->src_node));
 	t->out = out;
 	t->in_off = base + offset;
 	t->len = len;
 	t->sparse = sparse;
-	t->finish = bd_vol_task_finished;
+	t->finish = src ? node_task_finished : bd_vol_task_finished;
 	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
 		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
 	return r;

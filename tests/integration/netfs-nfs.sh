@@ -122,6 +122,15 @@ assert_not_contains "$out" "Pattern verification failed"
 out=$(bc vol-wipe --pool np a.raw --algorithm random 2>&1) || fail "vol-wipe random: $out"
 [ "$(head -c 1M "$E/a.raw" | tr -d '\0' | wc -c)" -gt 1000000 ] || fail "random wipe left zeroes"
 
+# upload and download go through an nfs node (no local file to open)
+head -c 300000 /dev/urandom >"$T/up.bin"
+out=$(bc vol-upload --pool np v1 - --offset 4096 <"$T/up.bin" 2>&1) || fail "vol-upload: $out"
+cmp -n 300000 "$T/up.bin" <(tail -c +4097 "$E/v1") || fail "uploaded bytes differ on the server"
+bc vol-download --pool np v1 - --offset 4096 --length 300000 | cat >"$T/down.bin"
+cmp "$T/up.bin" "$T/down.bin" || fail "downloaded bytes differ"
+out=$(head -c 60M /dev/zero | bc vol-upload --pool np v1 - 2>&1) && fail "an upload past the end succeeded"
+assert_contains "$out" "past the end"
+
 # delete
 out=$(bc vol-delete --pool np v1 2>&1) || fail "vol-delete: $out"
 assert_not_exists "$E/v1"
