@@ -5,51 +5,74 @@
  * Threads.  open() and close() run on the control thread: open() connects and logs in
  * synchronously (bounded by "timeout"), probes the LUN and keeps the session.  The session then
  * lives on one I/O loop, its *home*: the first loop that opens a channel of the node claims it
- * and from then on only that loop touches the libiscsi context (readiness watch through
- * bd_poll, a 250 ms tick timer for libiscsi's reconnect back-off and our request deadlines).
- * Requests submitted on other loops are forwarded to the home loop with bd_loop_send and their
- * completion is sent back the same way.  One TCP session per node keeps the target's view
- * simple (one I_T nexus, in-order CmdSN) at the price of a message hop for the other loops.
+ * and from then on only that loop touches libiscsi (a readiness watch through bd_poll and a
+ * 250 ms tick timer).  Requests submitted on other loops are forwarded to the home loop with
+ * bd_loop_send and their completion is sent back the same way.  One TCP session per node keeps
+ * the target's view simple (one I_T nexus, in-order CmdSN) at the price of a message hop for
+ * the other loops.
  *
- * Faults.  libiscsi's auto-reconnect is on while serving I/O: a dropped connection is
- * re-established from the home loop (non-blocking connect and login, with libiscsi's back-off)
- * and the commands that were in flight are reissued on the new session.  Every request has a
- * deadline of "timeout" seconds from submission; the tick cancels any command past it and the
- * request fails with -EIO.  Success is only ever reported for a GOOD status from the target.
+ * Faults.  libiscsi's own auto-reconnect is off: with Debian's libiscsi 1.19 it re-queues the
+ * old session's commands behind new ones and a command cannot be cancelled while a reconnect
+ * is pending, so a timed-out write could land after a newer one.  Instead the driver drops a
+ * broken session itself (socket error, hang-up, a command past its deadline, a login that does
+ * not finish in time): destroying the context cancels every command in it, and each request
+ * is then either failed (-EIO, once its deadline of "timeout" seconds from submission has
+ * passed) or queued to be issued again on the next session.  A new session is connected
+ * asynchronously from the home loop (to the numeric address found at open(), so no DNS lookup
+ * runs on the loop), with a back-off of 1, 2, 4 s (at most 4 s) between attempts.  Success is
+ * only ever reported for a GOOD status from the target.
  */
 #include "protocols/iscsi-util.h"
 #include "qmp-like/qmp.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 #define TICK_NS 250000000ull
+#define SEC_NS 1000000000ull
 #define MAX_REISSUE 8
+#define MAX_BACKOFF_NS (4 * SEC_NS)
 
 struct isc_req;
+struct isc_node;
+
+/* One iSCSI session (a libiscsi context) and its readiness watch. */
+struct isc_sess {
+	struct bd_poll poll;
+	struct isc_node *n;
+	struct iscsi_context *ctx;
+	uint64_t started_ns;
+	bool logged_in;
+	bool broken;
+};
 
 struct isc_node {
 	struct bd_node *node;
 	struct bd_iscsi_target t;
+	char connect_portal[BD_ISCSI_STR]; /* numeric address of the portal, for reconnects */
 	struct bd_iscsi_lun_info info;
-	struct iscsi_context *ctx;
 	_Atomic(struct bd_loop *) home;
-	atomic_bool watch_stopped;
-	/* home loop only */
-	struct bd_poll poll;
+	atomic_int sess_alive; /* sessions whose watch has not stopped yet */
+	bool closing;
+	/* home loop only (the control thread before the first channel and after the last) */
+	struct isc_sess *s; /* NULL while down */
 	struct bd_timer tick;
-	ino_t watched_ino;
-	bool down; /* not logged in (for the log) */
-	struct isc_req *inflight;
+	uint64_t next_attempt_ns, backoff_ns;
+	bool down_logged;
+	char why[128];		   /* why the session is being dropped, "" = libiscsi's error */
+	struct isc_req *inflight;  /* commands in the session */
+	struct isc_req *wait_head; /* requests waiting for a session, FIFO */
+	struct isc_req **wait_tail;
 	unsigned char *zero_block;
 	bool ws_unmap; /* WRITE SAME(16) with UNMAP allowed */
-	uint64_t max_ws_blocks;
 };
 
 struct isc_req {
@@ -63,12 +86,13 @@ struct isc_req {
 	int ret;
 	int tries;
 	bool in_submit;
-	bool timed_out;
+	bool expired;
 	bool flush_after; /* write-zeroes with FUA: SYNCHRONIZE CACHE follows */
 	bool flushing;	  /* ... and that is the step in flight now */
 };
 
 static void issue(struct isc_req *ir);
+static void sess_check(struct isc_node *n);
 
 /* ---- completion ---- */
 
@@ -113,63 +137,192 @@ static void list_add(struct isc_req *ir)
 	n->inflight = ir;
 }
 
-/* ---- the readiness watch ---- */
-
-static void update_events(struct isc_node *n)
+static void wait_add(struct isc_req *ir)
 {
-	int fd = iscsi_get_fd(n->ctx);
-	unsigned ev = fd >= 0 ? (unsigned)iscsi_which_events(n->ctx) : 0;
-	struct stat st;
-	bool logged_in = iscsi_is_logged_in(n->ctx);
-
-	if (logged_in == n->down) {
-		n->down = !logged_in;
-		bd_log(n->down ? BD_LOG_WARN : BD_LOG_INFO, "iscsi '%s': %s %s at %s",
-		       bd_node_name(n->node), n->down ? "session lost to" : "session back with",
-		       n->t.target, n->t.portal);
-	}
-	if (fd < 0)
-		return;
-	/* libiscsi keeps the fd number across a reconnect (dup2 of the new socket onto it): a
-	 * poll armed on the old socket would never fire, so re-arm when the socket changed */
-	if (fstat(fd, &st) == 0 && st.st_ino != n->watched_ino) {
-		n->watched_ino = st.st_ino;
-		bd_poll_set(bd_loop_current(), &n->poll, -1, 0);
-	}
-	bd_poll_set(bd_loop_current(), &n->poll, fd, ev);
+	struct isc_node *n = ir->n;
+	ir->next = NULL;
+	*n->wait_tail = ir;
+	n->wait_tail = &ir->next;
 }
 
-static void poll_ready(struct bd_poll *p, int revents)
+/* ---- sessions ---- */
+
+static void sess_update(struct isc_sess *s)
 {
-	struct isc_node *n = container_of(p, struct isc_node, poll);
-	if (iscsi_service(n->ctx, revents) < 0)
-		bd_log(BD_LOG_DEBUG, "iscsi '%s': %s", bd_node_name(n->node),
-		       iscsi_get_error(n->ctx));
-	update_events(n);
+	int fd = iscsi_get_fd(s->ctx);
+	unsigned ev = fd >= 0 ? (unsigned)iscsi_which_events(s->ctx) : 0;
+	if (fd >= 0)
+		bd_poll_set(bd_loop_current(), &s->poll, fd, ev);
+}
+
+static void sess_ready(struct bd_poll *p, int revents)
+{
+	struct isc_sess *s = container_of(p, struct isc_sess, poll);
+	struct isc_node *n = s->n;
+	int r = iscsi_service(s->ctx, revents);
+	if (r < 0 || (revents & (POLLERR | POLLHUP | POLLNVAL))) {
+		if (!s->broken && n->s == s && !n->why[0])
+			snprintf(n->why, sizeof(n->why), "%s",
+				 revents & (POLLERR | POLLHUP) ? "connection closed"
+							       : "connection failed");
+		s->broken = true;
+	}
+	if (n->s == s && !s->broken)
+		sess_update(s);
+	sess_check(n);
+}
+
+static void sess_stopped(struct bd_poll *p)
+{
+	struct isc_sess *s = container_of(p, struct isc_sess, poll);
+	struct isc_node *n = s->n;
+	if (s->ctx)
+		iscsi_destroy_context(s->ctx);
+	free(s);
+	atomic_fetch_sub(&n->sess_alive, 1);
+}
+
+/* Drop the current session: every command in it is cancelled (task_cb fails or re-queues). */
+static void sess_drop(struct isc_node *n)
+{
+	struct isc_sess *s = n->s;
+	struct iscsi_context *ctx = s->ctx;
+	n->s = NULL;
+	s->ctx = NULL;
+	if (!n->down_logged) {
+		n->down_logged = true;
+		bd_log(BD_LOG_WARN, "iscsi '%s': session with %s at %s lost: %s; reconnecting",
+		       bd_node_name(n->node), n->t.target, n->t.portal,
+		       n->why[0] ? n->why : iscsi_get_error(ctx));
+	}
+	n->why[0] = 0;
+	iscsi_destroy_context(ctx); /* runs task_cb with SCSI_STATUS_CANCELLED */
+	bd_poll_stop(&s->poll, sess_stopped);
+	uint64_t now = bd_now_ns();
+	if (n->next_attempt_ns < now)
+		n->next_attempt_ns = now + n->backoff_ns;
+	n->backoff_ns = n->backoff_ns * 2 > MAX_BACKOFF_NS ? MAX_BACKOFF_NS : n->backoff_ns * 2;
+}
+
+static void connect_cb(struct iscsi_context *c, int status, void *data, void *opaque)
+{
+	struct isc_sess *s = opaque;
+	struct isc_node *n = s->n;
+	(void)c;
+	(void)data;
+	if (status != SCSI_STATUS_GOOD || n->s != s) {
+		s->broken = true;
+		return;
+	}
+	s->logged_in = true;
+	n->backoff_ns = SEC_NS;
+	if (n->down_logged) {
+		n->down_logged = false;
+		bd_log(BD_LOG_INFO, "iscsi '%s': session with %s at %s re-established",
+		       bd_node_name(n->node), n->t.target, n->t.portal);
+	}
+	/* issue what waited, in order */
+	struct isc_req *q = n->wait_head;
+	n->wait_head = NULL;
+	n->wait_tail = &n->wait_head;
+	while (q) {
+		struct isc_req *next = q->next;
+		q->next = NULL;
+		issue(q);
+		q = next;
+	}
+}
+
+static struct isc_sess *sess_new(struct isc_node *n, struct iscsi_context *ctx)
+{
+	struct isc_sess *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->n = n;
+	s->ctx = ctx;
+	s->started_ns = bd_now_ns();
+	bd_poll_init(&s->poll, sess_ready);
+	atomic_fetch_add(&n->sess_alive, 1);
+	return s;
+}
+
+/* Start connecting a new session (home loop, non-blocking). */
+static void sess_connect(struct isc_node *n)
+{
+	struct bd_iscsi_target *t = &n->t;
+	struct iscsi_context *c = iscsi_create_context(t->initiator);
+	struct isc_sess *s = c ? sess_new(n, c) : NULL;
+	n->next_attempt_ns = bd_now_ns() + n->backoff_ns;
+	if (!s) {
+		if (c)
+			iscsi_destroy_context(c);
+		return;
+	}
+	iscsi_set_noautoreconnect(c, 1);
+	iscsi_set_session_type(c, ISCSI_SESSION_NORMAL);
+	iscsi_set_header_digest(c, t->header_digest);
+	iscsi_set_targetname(c, t->target);
+	if (t->user[0])
+		iscsi_set_initiator_username_pwd(c, t->user, t->password);
+	n->s = s;
+	if (iscsi_full_connect_async(c, n->connect_portal, t->lun, connect_cb, s) < 0) {
+		s->broken = true;
+		return;
+	}
+	sess_update(s);
+}
+
+/* After libiscsi ran: drop a broken session, start a new one when it is time. */
+static void sess_check(struct isc_node *n)
+{
+	if (n->closing)
+		return;
+	if (n->s && n->s->broken)
+		sess_drop(n);
+	if (!n->s && bd_now_ns() >= n->next_attempt_ns)
+		sess_connect(n);
 }
 
 static void tick_fire(struct bd_timer *t)
 {
 	struct isc_node *n = container_of(t, struct isc_node, tick);
 	uint64_t now = bd_now_ns();
+	struct isc_sess *s = n->s;
 
-	/* libiscsi's own timeouts and reconnect back-off are driven by service(0) */
-	iscsi_service(n->ctx, 0);
-	/* requests past their deadline: cancel (the callback completes them with -EIO) */
-	for (struct isc_req *ir = n->inflight, *next; ir; ir = next) {
-		next = ir->next;
-		if (now < ir->deadline_ns)
-			continue;
-		ir->timed_out = true;
-		if (iscsi_scsi_cancel_task(n->ctx, ir->task) < 0) {
-			/* libiscsi no longer knows the task: fail it ourselves */
-			list_del(ir);
-			scsi_free_scsi_task(ir->task);
-			ir->task = NULL;
+	if (s) {
+		iscsi_service(s->ctx, 0); /* libiscsi's own housekeeping */
+		if (!s->logged_in && now - s->started_ns > (uint64_t)n->t.timeout * SEC_NS) {
+			snprintf(n->why, sizeof(n->why), "no login within %u s", n->t.timeout);
+			s->broken = true;
+		}
+		/* a command past its deadline: the session is hung; drop it (the command fails,
+		 * the others are issued again on the next session) */
+		for (struct isc_req *ir = n->inflight; ir; ir = ir->next)
+			if (now >= ir->deadline_ns) {
+				ir->expired = true;
+				if (!s->broken)
+					snprintf(n->why, sizeof(n->why),
+						 "a command got no answer within %u s",
+						 n->t.timeout);
+				s->broken = true;
+			}
+	}
+	/* requests that waited for a session too long */
+	struct isc_req **pp = &n->wait_head;
+	while (*pp) {
+		struct isc_req *ir = *pp;
+		if (now >= ir->deadline_ns) {
+			*pp = ir->next;
+			ir->next = NULL;
 			finish(ir, -EIO);
+		} else {
+			pp = &ir->next;
 		}
 	}
-	update_events(n);
+	n->wait_tail = pp;
+	sess_check(n);
+	if (n->s && !n->s->broken)
+		sess_update(n->s);
 	bd_timer_arm(bd_loop_current(), &n->tick, bd_now_ns() + TICK_NS);
 }
 
@@ -186,21 +339,28 @@ static void task_cb(struct iscsi_context *c, int status, void *command_data, voi
 
 	list_del(ir);
 	ir->task = NULL;
-	if (ir->timed_out) {
-		r = -EIO;
-	} else if (status == SCSI_STATUS_CANCELLED || status == SCSI_STATUS_ERROR) {
-		r = -EIO;
-	} else {
-		r = bd_iscsi_status_errno(status, task);
-		if (r == 0 && ir->req->op == BD_OP_READ &&
-		    task->residual_status == SCSI_RESIDUAL_UNDERFLOW && task->residual)
-			r = -EIO; /* a short read never leaves the driver */
-		if (r < 0 && r != -EAGAIN && r != -ENOTSUP) {
-			char s[128];
-			bd_iscsi_status_str(status, task, s, sizeof(s));
-			bd_log(BD_LOG_DEBUG, "iscsi '%s': op %d at %llu: %s", bd_node_name(n->node),
-			       ir->req->op, (unsigned long long)ir->req->offset, s);
-		}
+	if (status == SCSI_STATUS_CANCELLED || status == SCSI_STATUS_ERROR ||
+	    status == SCSI_STATUS_TIMEOUT) {
+		/* the session broke (or is being dropped): again on the next one, unless the
+		 * request is out of time */
+		scsi_free_scsi_task(task);
+		if (n->s)
+			n->s->broken = true;
+		if (ir->expired || bd_now_ns() >= ir->deadline_ns || n->closing)
+			finish(ir, -EIO);
+		else
+			wait_add(ir);
+		return;
+	}
+	r = bd_iscsi_status_errno(status, task);
+	if (r == 0 && ir->req->op == BD_OP_READ && !ir->flushing &&
+	    task->residual_status == SCSI_RESIDUAL_UNDERFLOW && task->residual)
+		r = -EIO; /* a short read never leaves the driver */
+	if (r < 0 && r != -EAGAIN && r != -ENOTSUP) {
+		char s[128];
+		bd_iscsi_status_str(status, task, s, sizeof(s));
+		bd_log(BD_LOG_DEBUG, "iscsi '%s': op %d at %llu: %s", bd_node_name(n->node),
+		       ir->req->op, (unsigned long long)ir->req->offset, s);
 	}
 	scsi_free_scsi_task(task);
 	if (r == -EAGAIN && ++ir->tries <= MAX_REISSUE && bd_now_ns() < ir->deadline_ns) {
@@ -229,29 +389,33 @@ static void issue(struct isc_req *ir)
 	int fua = !!(req->flags & BD_REQ_FUA);
 	struct scsi_task *t = NULL;
 
+	if (!n->s || !n->s->logged_in || n->s->broken) {
+		wait_add(ir);
+		return;
+	}
+	struct iscsi_context *ctx = n->s->ctx;
 	switch (ir->flushing ? BD_OP_FLUSH : req->op) {
 	case BD_OP_READ:
-		t = iscsi_read16_iov_task(n->ctx, lun, lba, (uint32_t)req->len, (int)bs, 0, 0, 0, 0,
-					  0, task_cb, ir, (struct scsi_iovec *)req->iov,
-					  req->iovcnt);
+		t = iscsi_read16_iov_task(ctx, lun, lba, (uint32_t)req->len, (int)bs, 0, 0, 0, 0, 0,
+					  task_cb, ir, (struct scsi_iovec *)req->iov, req->iovcnt);
 		break;
 	case BD_OP_WRITE:
-		t = iscsi_write16_iov_task(n->ctx, lun, lba, NULL, (uint32_t)req->len, (int)bs, 0,
-					   0, fua, 0, 0, task_cb, ir, (struct scsi_iovec *)req->iov,
+		t = iscsi_write16_iov_task(ctx, lun, lba, NULL, (uint32_t)req->len, (int)bs, 0, 0,
+					   fua, 0, 0, task_cb, ir, (struct scsi_iovec *)req->iov,
 					   req->iovcnt);
 		break;
 	case BD_OP_FLUSH:
-		t = iscsi_synchronizecache16_task(n->ctx, lun, 0, 0, 0, 0, task_cb, ir);
+		t = iscsi_synchronizecache16_task(ctx, lun, 0, 0, 0, 0, task_cb, ir);
 		break;
 	case BD_OP_DISCARD:
 		ir->ul.lba = lba;
 		ir->ul.num = (uint32_t)nb;
-		t = iscsi_unmap_task(n->ctx, lun, 0, 0, &ir->ul, 1, task_cb, ir);
+		t = iscsi_unmap_task(ctx, lun, 0, 0, &ir->ul, 1, task_cb, ir);
 		break;
 	case BD_OP_WRITE_ZEROES:
 		/* WRITE SAME has no FUA bit: SYNCHRONIZE CACHE follows (task_cb) */
 		ir->flush_after = fua;
-		t = iscsi_writesame16_task(n->ctx, lun, lba, n->zero_block, bs, (uint32_t)nb, 0,
+		t = iscsi_writesame16_task(ctx, lun, lba, n->zero_block, bs, (uint32_t)nb, 0,
 					   (req->flags & BD_REQ_MAY_UNMAP) && n->ws_unmap, 0, 0,
 					   task_cb, ir);
 		break;
@@ -260,19 +424,21 @@ static void issue(struct isc_req *ir)
 		return;
 	}
 	if (!t) {
-		bd_log(BD_LOG_WARN, "iscsi '%s': cannot queue a command: %s", bd_node_name(n->node),
-		       iscsi_get_error(n->ctx));
-		finish(ir, -EIO);
+		/* libiscsi could not queue it: treat the session as broken, retry later */
+		n->s->broken = true;
+		wait_add(ir);
 		return;
 	}
 	ir->task = t;
 	list_add(ir);
-	update_events(n);
+	sess_update(n->s);
 }
 
 static void issue_msg(void *arg)
 {
-	issue(arg);
+	struct isc_req *ir = arg;
+	issue(ir);
+	sess_check(ir->n);
 }
 
 static int isc_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *req)
@@ -285,14 +451,15 @@ static int isc_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *r
 	ir->req = req;
 	ir->n = n;
 	ir->origin = bd_chan_loop(ch);
-	ir->deadline_ns = bd_now_ns() + (uint64_t)n->t.timeout * 1000000000ull;
+	ir->deadline_ns = bd_now_ns() + (uint64_t)n->t.timeout * SEC_NS;
 	if (!home)
-		return -EIO; /* chan_open failed to set up a home */
+		return -EIO;
 	if (home != ir->origin)
 		return bd_loop_send(home, issue_msg, ir);
 	ir->in_submit = true;
 	issue(ir);
 	ir->in_submit = false;
+	/* a session found broken while queueing is dropped from the tick, not inside submit */
 	return 0;
 }
 
@@ -302,20 +469,12 @@ static int isc_chan_open(struct bd_node *node, struct bd_chan *ch)
 	struct bd_loop *expected = NULL;
 	if (!atomic_compare_exchange_strong(&n->home, &expected, bd_chan_loop(ch)))
 		return 0; /* another loop is home */
-	/* from now on this loop owns the context */
-	iscsi_set_noautoreconnect(n->ctx, 0);
-	bd_poll_init(&n->poll, poll_ready);
+	/* from now on this loop owns the session */
 	bd_timer_init(&n->tick, tick_fire);
-	n->watched_ino = 0;
-	update_events(n);
+	if (n->s)
+		sess_update(n->s);
 	bd_timer_arm(bd_chan_loop(ch), &n->tick, bd_now_ns() + TICK_NS);
 	return 0;
-}
-
-static void watch_stopped(struct bd_poll *p)
-{
-	struct isc_node *n = container_of(p, struct isc_node, poll);
-	atomic_store(&n->watch_stopped, true);
 }
 
 static void isc_chan_close(struct bd_node *node, struct bd_chan *ch)
@@ -323,8 +482,21 @@ static void isc_chan_close(struct bd_node *node, struct bd_chan *ch)
 	struct isc_node *n = bd_node_priv(node);
 	if (atomic_load(&n->home) != bd_chan_loop(ch))
 		return;
+	n->closing = true;
 	bd_timer_cancel(bd_chan_loop(ch), &n->tick);
-	bd_poll_stop(&n->poll, watch_stopped);
+	if (n->s) {
+		struct isc_sess *s = n->s;
+		n->s = NULL;
+		/* a logged-in session is logged out from close(); the watch stops first */
+		if (s->logged_in && !s->broken) {
+			n->s = s;
+			bd_poll_stop(&s->poll, NULL);
+		} else {
+			iscsi_destroy_context(s->ctx);
+			s->ctx = NULL;
+			bd_poll_stop(&s->poll, sess_stopped);
+		}
+	}
 }
 
 static void noop(void *arg)
@@ -336,17 +508,21 @@ static void isc_close(struct bd_node *node)
 {
 	struct isc_node *n = bd_node_priv(node);
 	struct bd_loop *home = atomic_load(&n->home);
-	/* the home channel is closed: wait until the ring no longer refers to the watch */
-	for (int i = 0; home && !atomic_load(&n->watch_stopped) && i < 10000; i++) {
+	struct isc_sess *s = n->s;
+	int keep = s ? 1 : 0;
+
+	/* wait until the ring no longer refers to any of our watches */
+	for (int i = 0; home && i < 10000; i++) {
 		bd_loop_call(home, noop, NULL);
-		if (!atomic_load(&n->watch_stopped))
-			usleep(1000);
+		if (atomic_load(&n->sess_alive) <= keep && (!s || !s->poll.loop))
+			break;
+		usleep(1000);
 	}
-	if (n->ctx) {
-		iscsi_set_noautoreconnect(n->ctx, 1);
-		bd_iscsi_close(n->ctx, n->t.timeout);
+	if (s) {
+		bd_iscsi_close(s->ctx, n->t.timeout);
+		free(s);
 	}
-	n->ctx = NULL;
+	n->s = NULL;
 	free(n->zero_block);
 	n->zero_block = NULL;
 }
@@ -462,23 +638,52 @@ static int read_options(struct isc_node *n, json_t *opts, struct bd_err *err)
 	return 0;
 }
 
+/* The portal's numeric address (from the open session), so that reconnecting on the home loop
+ * never waits for a DNS lookup. */
+static void numeric_portal(struct isc_node *n, struct iscsi_context *ctx)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char ip[INET6_ADDRSTRLEN];
+	snprintf(n->connect_portal, sizeof(n->connect_portal), "%s", n->t.portal);
+	if (getpeername(iscsi_get_fd(ctx), (struct sockaddr *)&ss, &len) < 0)
+		return;
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+		if (inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip)))
+			snprintf(n->connect_portal, sizeof(n->connect_portal), "%s:%u", ip,
+				 ntohs(a->sin_port));
+	} else if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 a6;
+		memcpy(&a6, &ss, sizeof(a6));
+		if (inet_ntop(AF_INET6, &a6.sin6_addr, ip, sizeof(ip)))
+			snprintf(n->connect_portal, sizeof(n->connect_portal), "[%s]:%u", ip,
+				 ntohs(a6.sin6_port));
+	}
+}
+
 static int isc_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 		    struct bd_err *err)
 {
 	struct isc_node *n = bd_node_priv(node);
 	int r;
 
+	struct iscsi_context *ctx = NULL;
+
 	memset(n, 0, sizeof(*n));
 	n->node = node;
+	n->wait_tail = &n->wait_head;
+	n->backoff_ns = SEC_NS;
 	if ((r = read_options(n, opts, err)) < 0)
 		goto fail;
-	n->ctx = bd_iscsi_connect(&n->t, err);
-	if (!n->ctx) {
+	ctx = bd_iscsi_connect(&n->t, err);
+	if (!ctx) {
 		r = err->code;
 		goto fail;
 	}
-	if ((r = bd_iscsi_probe_lun(n->ctx, n->t.lun, n->t.timeout, &n->info, err)) < 0)
+	if ((r = bd_iscsi_probe_lun(ctx, n->t.lun, n->t.timeout, &n->info, err)) < 0)
 		goto fail;
+	numeric_portal(n, ctx);
 	if (n->info.device_type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS) {
 		r = bd_err_set(err, -ENOTBLK,
 			       "LUN %d of %s is not a disk (SCSI peripheral device type 0x%02x)",
@@ -486,10 +691,11 @@ static int isc_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 		goto fail;
 	}
 	n->zero_block = calloc(1, n->info.block_size);
-	if (!n->zero_block) {
+	if (!n->zero_block || !(n->s = sess_new(n, ctx))) {
 		r = bd_err_set(err, -ENOMEM, "out of memory");
 		goto fail;
 	}
+	n->s->logged_in = true;
 
 	const struct bd_iscsi_lun_info *in = &n->info;
 	uint64_t bs = in->block_size;
@@ -524,9 +730,10 @@ static int isc_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 	return 0;
 
 fail:
-	if (n->ctx)
-		bd_iscsi_close(n->ctx, 1);
-	n->ctx = NULL;
+	if (ctx)
+		bd_iscsi_close(ctx, 1);
+	free(n->zero_block);
+	n->zero_block = NULL;
 	bd_err_prefix(err, "iscsi '%s'", bd_node_name(node));
 	return r < 0 ? r : -EIO;
 }
