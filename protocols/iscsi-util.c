@@ -110,6 +110,10 @@ struct iscsi_context *bd_iscsi_connect(const struct bd_iscsi_target *t, struct b
 		return NULL;
 	}
 	iscsi_set_noautoreconnect(c, 1);
+	if (getenv("BD_ISCSI_DEBUG")) {
+		iscsi_set_log_level(c, atoi(getenv("BD_ISCSI_DEBUG")));
+		iscsi_set_log_fn(c, iscsi_log_to_stderr);
+	}
 	iscsi_set_session_type(c, discovery ? ISCSI_SESSION_DISCOVERY : ISCSI_SESSION_NORMAL);
 	iscsi_set_header_digest(c, t->header_digest);
 	if (!discovery)

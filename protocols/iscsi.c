@@ -162,9 +162,10 @@ static void sess_ready(struct bd_poll *p, int revents)
 	int r = iscsi_service(s->ctx, revents);
 	if (r < 0 || (revents & (POLLERR | POLLHUP | POLLNVAL))) {
 		if (!s->broken && n->s == s && !n->why[0])
-			snprintf(n->why, sizeof(n->why), "%s",
+			snprintf(n->why, sizeof(n->why), "%s (revents 0x%x, %s)",
 				 revents & (POLLERR | POLLHUP) ? "connection closed"
-							       : "connection failed");
+							       : "connection failed",
+				 (unsigned)revents, iscsi_get_error(s->ctx));
 		s->broken = true;
 	}
 	if (n->s == s && !s->broken)
@@ -259,6 +260,10 @@ static void sess_connect(struct isc_node *n)
 		return;
 	}
 	iscsi_set_noautoreconnect(c, 1);
+	if (getenv("BD_ISCSI_DEBUG")) {
+		iscsi_set_log_level(c, atoi(getenv("BD_ISCSI_DEBUG")));
+		iscsi_set_log_fn(c, iscsi_log_to_stderr);
+	}
 	iscsi_set_session_type(c, ISCSI_SESSION_NORMAL);
 	iscsi_set_header_digest(c, t->header_digest);
 	iscsi_set_targetname(c, t->target);
