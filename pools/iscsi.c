@@ -123,7 +123,7 @@ static int isc_refresh(struct pool *p, struct bd_err *err)
 	int r, *luns = NULL;
 	size_t n = 0;
 
-	if ((r = target_of(p->def, false, &t, err)) < 0)
+	if ((r = isc_check(p, err)) < 0 || (r = target_of(p->def, false, &t, err)) < 0)
 		return r;
 	t.lun = 0;
 	struct iscsi_context *c = bd_iscsi_connect(&t, err);

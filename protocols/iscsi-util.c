@@ -219,6 +219,19 @@ int bd_iscsi_probe_lun(struct iscsi_context *c, int lun, unsigned timeout,
 	int r;
 
 	memset(out, 0, sizeof(*out));
+	/* consume unit attentions (power on, reset) with TEST UNIT READY first; a LUN that is
+	 * not ready yet is no error here */
+	for (int i = 0; i < 8; i++) {
+		w = (struct bd_iscsi_wait){0};
+		w.task = iscsi_testunitready_task(c, lun, bd_iscsi_wait_cb, &w);
+		r = run_task(c, &w, timeout, "TEST UNIT READY", &e2);
+		free_task(&w);
+		if (r == -ETIMEDOUT || r == -EIO)
+			return bd_err_set(err, r, "%s", e2.msg);
+		bd_err_clear(&e2);
+		if (r != -EAGAIN)
+			break;
+	}
 	struct scsi_inquiry_standard *std = inquiry(c, lun, 0, 0, timeout, &w, err);
 	if (!std) {
 		free_task(&w);
@@ -330,25 +343,56 @@ int bd_iscsi_report_luns(struct iscsi_context *c, unsigned timeout, int **luns, 
 	return bd_err_set(err, -EIO, "REPORT LUNS: the list keeps growing");
 }
 
+struct discover {
+	struct bd_iscsi_wait w;
+	void (*fn)(void *opaque, const char *target, const char *portal);
+	void *opaque;
+	bool orphaned;
+};
+
+/* libiscsi frees the list after the callback: use it here */
+static void discover_cb(struct iscsi_context *c, int status, void *command_data, void *opaque)
+{
+	struct discover *d = opaque;
+	if (d->orphaned) { /* bd_iscsi_discover gave up waiting: the context is going away */
+		free(d);
+		return;
+	}
+	if (status == SCSI_STATUS_GOOD)
+		for (struct iscsi_discovery_address *a = command_data; a; a = a->next)
+			for (struct iscsi_target_portal *p = a->portals; p; p = p->next)
+				d->fn(d->opaque, a->target_name, p->portal);
+	bd_iscsi_wait_cb(c, status, NULL, &d->w);
+}
+
 int bd_iscsi_discover(struct iscsi_context *c, unsigned timeout,
 		      void (*fn)(void *opaque, const char *target, const char *portal),
 		      void *opaque, struct bd_err *err)
 {
-	struct bd_iscsi_wait w = {0};
-	int r = iscsi_discovery_async(c, bd_iscsi_wait_cb, &w);
-	if (r == 0)
-		r = bd_iscsi_wait(c, &w, bd_now_ns() + (uint64_t)timeout * 1000000000ull);
+	/* on the heap: a callback that comes after a timeout (when the context is destroyed)
+	 * must find it */
+	struct discover *d = calloc(1, sizeof(*d));
+	if (!d)
+		return bd_err_set(err, -ENOMEM, "out of memory");
+	d->fn = fn;
+	d->opaque = opaque;
+	if (iscsi_discovery_async(c, discover_cb, d) < 0) {
+		free(d);
+		return bd_err_set(err, -EIO, "SendTargets failed: %s", iscsi_get_error(c));
+	}
+	int r = bd_iscsi_wait(c, &d->w, bd_now_ns() + (uint64_t)timeout * 1000000000ull);
+	if (r < 0) {
+		d->orphaned = true; /* the callback has not run: it frees d when it does */
+	} else {
+		int st = d->w.status;
+		free(d);
+		if (st != SCSI_STATUS_GOOD)
+			return bd_err_set(err, -EIO, "SendTargets failed: %s", iscsi_get_error(c));
+		return 0;
+	}
 	if (r == -ETIMEDOUT)
 		return bd_err_set(err, r, "SendTargets: no answer within %u s", timeout);
-	if (r < 0 || w.status != SCSI_STATUS_GOOD)
-		return bd_err_set(err, -EIO, "SendTargets failed: %s", iscsi_get_error(c));
-	struct iscsi_discovery_address *da = w.data;
-	for (struct iscsi_discovery_address *a = da; a; a = a->next)
-		for (struct iscsi_target_portal *p = a->portals; p; p = p->next)
-			fn(opaque, a->target_name, p->portal);
-	if (da)
-		iscsi_free_discovery_data(c, da);
-	return 0;
+	return bd_err_set(err, -EIO, "SendTargets failed: %s", iscsi_get_error(c));
 }
 
 int bd_iscsi_status_errno(int status, const struct scsi_task *task)
