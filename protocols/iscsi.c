@@ -739,7 +739,6 @@ fail:
 		bd_iscsi_close(ctx, 1);
 	free(n->zero_block);
 	n->zero_block = NULL;
-	bd_err_prefix(err, "iscsi '%s'", bd_node_name(node));
 	return r < 0 ? r : -EIO;
 }
 
