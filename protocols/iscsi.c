@@ -35,6 +35,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+_Static_assert(sizeof(struct iovec) == sizeof(struct scsi_iovec) &&
+		   offsetof(struct iovec, iov_base) == offsetof(struct scsi_iovec, iov_base) &&
+		   offsetof(struct iovec, iov_len) == offsetof(struct scsi_iovec, iov_len),
+	       "struct iovec and libiscsi's struct scsi_iovec differ");
+
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 #define TICK_NS 250000000ull
 #define SEC_NS 1000000000ull
@@ -162,10 +167,10 @@ static void sess_ready(struct bd_poll *p, int revents)
 	int r = iscsi_service(s->ctx, revents);
 	if (r < 0 || (revents & (POLLERR | POLLHUP | POLLNVAL))) {
 		if (!s->broken && n->s == s && !n->why[0])
-			snprintf(n->why, sizeof(n->why), "%s (revents 0x%x, %s)",
-				 revents & (POLLERR | POLLHUP) ? "connection closed"
-							       : "connection failed",
-				 (unsigned)revents, iscsi_get_error(s->ctx));
+			snprintf(n->why, sizeof(n->why), "%s",
+				 revents & (POLLERR | POLLHUP) ? "the connection was closed"
+				 : r < 0		       ? "the connection failed"
+					 : "the target closed the connection");
 		s->broken = true;
 	}
 	if (n->s == s && !s->broken)
@@ -194,7 +199,7 @@ static void sess_drop(struct isc_node *n)
 		n->down_logged = true;
 		bd_log(BD_LOG_WARN, "iscsi '%s': session with %s at %s lost: %s; reconnecting",
 		       bd_node_name(n->node), n->t.target, n->t.portal,
-		       n->why[0] ? n->why : iscsi_get_error(ctx));
+		       n->why[0] ? n->why : "the connection failed");
 	}
 	n->why[0] = 0;
 	iscsi_destroy_context(ctx); /* runs task_cb with SCSI_STATUS_CANCELLED */
@@ -349,8 +354,11 @@ static void task_cb(struct iscsi_context *c, int status, void *command_data, voi
 		/* the session broke (or is being dropped): again on the next one, unless the
 		 * request is out of time */
 		scsi_free_scsi_task(task);
-		if (n->s)
+		if (n->s && !n->s->broken) {
+			if (!n->why[0])
+				snprintf(n->why, sizeof(n->why), "the connection failed");
 			n->s->broken = true;
+		}
 		if (ir->expired || bd_now_ns() >= ir->deadline_ns || n->closing)
 			finish(ir, -EIO);
 		else

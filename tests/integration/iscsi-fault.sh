@@ -132,6 +132,28 @@ print("%d blocks checked, %d bad" % (len(last), bad))
 sys.exit(bad != 0)
 EOF
 
+# a hung target (SIGSTOP: the connection stays up, nothing answers): the request fails with
+# EIO within the timeout, the session is dropped and re-established once tgtd runs again
+kill -STOP "$TGTD_PID"
+bd_on_exit "kill -CONT $TGTD_PID"
+s=$(date +%s.%N)
+out=$(timeout 60 qemu-io -f raw -c "aio_write -P 0x55 8M 64k" -c aio_flush "$U" 2>&1 || true)
+assert_contains "$out" "Input/output error"
+qemu-io -f raw -c "read -P 0x0f 0 1M" "$UF" | grep -q "read 1048576" || fail "the file export stopped serving"
+kill -CONT "$TGTD_PID"
+echo "hung target: EIO and the client gone after $(python3 -c "print(round($(date +%s.%N) - $s, 1))") s"
+restarted=$(date +%s.%N)
+back=
+for i in $(seq 1 60); do
+	if qemu-io -f raw -c "read 0 64k" "$U" 2>/dev/null | grep -q "read 65536"; then
+		back=$i
+		break
+	fi
+	sleep 0.5
+done
+[ -n "$back" ] || fail "no I/O after tgtd was continued"
+echo "I/O again $(python3 -c "print(round($(date +%s.%N) - $restarted, 1))") s after SIGCONT"
+
 # and the node writes again, durably
 qemu-io -f raw -c "write -P 0x99 5M 1M" -c flush "$U" >/dev/null
 cmp <(head -c 1048576 /dev/zero | tr '\0' '\231') <(tail -c +5242881 "$T/lun1.img" | head -c 1048576) ||
