@@ -71,6 +71,17 @@ cmp <(head -c 1048576 /dev/zero | tr '\0' 'B') <(tail -c +32505857 "$T/lun2.img"
 qemu-io -f raw -c "write -z 31M 512k" "$U2" >/dev/null
 cmp -n 524288 <(tail -c +32505857 "$T/lun2.img") /dev/zero || fail "LUN 2 write-zeroes"
 
+# a second export of i1 on an iothread: its requests go to the session's home loop by message
+bc qmp object-add '{"qom-type": "iothread", "id": "io1"}' >/dev/null
+bc export-add type=nbd,id=e1b,node-name=i1,name=i1b,writable=on,iothread=io1 >/dev/null
+U1B=$(bd_nbd_unix_uri "$T/nbd.sock" i1b)
+bd_random_file "$T/data2" 4096
+nbdcopy "$T/data2" "$U1B"
+cmp -n 4194304 "$T/data2" "$T/lun1.img" || fail "write through the iothread export"
+nbdcopy "$U1" "$T/back2" # and read through the first
+cmp -n 4194304 "$T/data2" "$T/back2" || fail "read back through the home loop"
+bc export-del e1b >/dev/null
+
 # errors an operator understands
 assert_fails bc node-add "driver=iscsi,node-name=x0,portal=$P,target=$IQN,lun=0"
 assert_contains "$BD_OUT" "LUN 0 of $IQN is not a disk"
