@@ -65,6 +65,8 @@ cmp <(head -c 1048576 /dev/zero | tr '\0' '<') <(tail -c +4194305 "$T/b.img" | h
 # in use: no wipe, no refresh losing it
 assert_fails bc vol-wipe unit:0:0:2 --pool idirect
 assert_contains "$BD_OUT" "in use"
+assert_fails bc pool-destroy idirect
+assert_contains "$BD_OUT" "in use"
 bc export-del ev2 >/dev/null
 bc node-del v2 >/dev/null
 
