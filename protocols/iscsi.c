@@ -526,10 +526,16 @@ static void isc_close(struct bd_node *node)
 
 	/* wait until the ring no longer refers to any of our watches */
 	for (int i = 0; home && i < 10000; i++) {
-		bd_loop_call(home, noop, NULL);
 		if (atomic_load(&n->sess_alive) <= keep && (!s || !s->poll.loop))
 			break;
-		usleep(1000);
+		if (home == bd_loop_current()) {
+			bd_loop_poll_once(); /* the main loop was home: the cancel completes here */
+		} else {
+			bd_loop_call(home, noop, NULL);
+			if (atomic_load(&n->sess_alive) <= keep && (!s || !s->poll.loop))
+				break;
+			usleep(1000);
+		}
 	}
 	if (s) {
 		bd_iscsi_close(s->ctx, n->t.timeout);
@@ -730,8 +736,9 @@ static int isc_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 	limits->max_transfer = max;
 	if (in->opt_xfer_blocks && in->opt_xfer_blocks * bs <= max)
 		limits->opt_transfer = in->opt_xfer_blocks * bs;
-	/* one UNMAP descriptor / one WRITE SAME per request */
-	uint64_t md = 1ull << 30;
+	/* one UNMAP descriptor / one WRITE SAME per request, at most 64 MiB so that a target
+	 * writing the zeroes itself answers well within the timeout */
+	uint64_t md = 64ull << 20;
 	if (in->max_unmap_blocks && in->max_unmap_blocks != 0xffffffffu &&
 	    in->max_unmap_blocks * bs < md && in->lbpu)
 		md = in->max_unmap_blocks * bs;
