@@ -19,7 +19,7 @@ done
 [ -n "$PYNBD" ] || skip "libnbd's Python binding (python3-libnbd) is not installed"
 bd_tmpdir
 
-TIMEOUT=5
+TIMEOUT=8
 tgtd_start
 IQN=iqn.2026-01.test.blockd:fault
 define_target()
@@ -131,6 +131,19 @@ for off, pat in last.items():
 print("%d blocks checked, %d bad" % (len(last), bad))
 sys.exit(bad != 0)
 EOF
+
+# a short outage: a write submitted while tgtd is down waits for the new session and succeeds
+# (it is issued once the driver has logged in again, within its deadline)
+tgtd_kill
+sleep 0.3
+qemu-io -f raw -c "write -P 0x71 9M 64k" "$U" >"$T/short.out" 2>&1 &
+short=$!
+sleep 1
+tgtd_restart
+define_target
+wait "$short" || { cat "$T/short.out"; fail "the write during a short outage failed"; }
+cmp <(head -c 65536 /dev/zero | tr '\0' 'q') <(tail -c +9437185 "$T/lun1.img" | head -c 65536) ||
+	fail "the write during a short outage is not in the backing file"
 
 # a hung target (SIGSTOP: the connection stays up, nothing answers): the request fails with
 # EIO within the timeout, the session is dropped and re-established once tgtd runs again

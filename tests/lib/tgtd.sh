@@ -93,7 +93,7 @@ tgtd_kill()
 		_tgtd_alive || break
 		sleep 0.1
 	done
-	wait "$TGTD_PID" 2>/dev/null || true
+	{ wait "$TGTD_PID"; } 2>/dev/null || true
 }
 
 tgtd_stop()
@@ -110,6 +110,6 @@ tgtd_stop()
 		sleep 0.1
 	done
 	_tgtd_alive && kill -KILL "$TGTD_PID"
-	wait "$TGTD_PID" 2>/dev/null || true
+	{ wait "$TGTD_PID"; } 2>/dev/null || true
 	TGTD_PID=
 }
