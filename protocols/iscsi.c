@@ -366,9 +366,9 @@ static void task_cb(struct iscsi_context *c, int status, void *command_data, voi
 		return;
 	}
 	r = bd_iscsi_status_errno(status, task);
-	if (r == 0 && ir->req->op == BD_OP_READ && !ir->flushing &&
+	if (r == 0 && (ir->req->op == BD_OP_READ || ir->req->op == BD_OP_WRITE) && !ir->flushing &&
 	    task->residual_status == SCSI_RESIDUAL_UNDERFLOW && task->residual)
-		r = -EIO; /* a short read never leaves the driver */
+		r = -EIO; /* a short transfer never leaves the driver, nor a partial write */
 	if (r < 0 && r != -EAGAIN && r != -ENOTSUP) {
 		char s[128];
 		bd_iscsi_status_str(status, task, s, sizeof(s));
@@ -742,7 +742,7 @@ static int isc_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 	if (in->max_unmap_blocks && in->max_unmap_blocks != 0xffffffffu &&
 	    in->max_unmap_blocks * bs < md && in->lbpu)
 		md = in->max_unmap_blocks * bs;
-	if (in->max_ws_blocks && in->max_ws_blocks * bs < md)
+	if (in->max_ws_blocks && in->max_ws_blocks < md / bs)
 		md = in->max_ws_blocks * bs;
 	if (in->unmap_gran_blocks > 1 && in->unmap_gran_blocks * bs <= md)
 		md -= md % (in->unmap_gran_blocks * bs);
