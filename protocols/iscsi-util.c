@@ -131,7 +131,8 @@ struct iscsi_context *bd_iscsi_connect(const struct bd_iscsi_target *t, struct b
 				r = bd_iscsi_wait(c, &w, deadline);
 		}
 	} else {
-		r = iscsi_full_connect_async(c, t->portal, t->lun, bd_iscsi_wait_cb, &w);
+		/* no LUN here: bd_iscsi_probe_lun's TEST UNIT READY names a missing LUN */
+		r = iscsi_full_connect_async(c, t->portal, -1, bd_iscsi_wait_cb, &w);
 		if (r == 0)
 			r = bd_iscsi_wait(c, &w, deadline);
 	}
@@ -140,6 +141,9 @@ struct iscsi_context *bd_iscsi_connect(const struct bd_iscsi_target *t, struct b
 			   discovery ? "the discovery service" : t->target, t->portal, t->timeout);
 	} else if (r < 0 || w.status != SCSI_STATUS_GOOD) {
 		const char *e = iscsi_get_error(c);
+		/* libiscsi overwrites the socket error with its reconnect bookkeeping */
+		if (e && strstr(e, "reconnect_if_loggedin"))
+			e = "connection refused or closed";
 		bool auth = e && (strstr(e, "uthentication") || strstr(e, "CHAP"));
 		bd_err_set(err, auth ? -EACCES : -EIO, "cannot log in to %s at %s: %s%s",
 			   discovery ? "the discovery service" : t->target, t->portal,
@@ -227,7 +231,10 @@ int bd_iscsi_probe_lun(struct iscsi_context *c, int lun, unsigned timeout,
 		r = run_task(c, &w, timeout, "TEST UNIT READY", &e2);
 		free_task(&w);
 		if (r == -ETIMEDOUT || r == -EIO)
-			return bd_err_set(err, r, "%s", e2.msg);
+			return bd_err_set(err, r, "LUN %d: %s%s", lun, e2.msg,
+					  strstr(e2.msg, "LOGICAL_UNIT_NOT_SUPPORTED")
+					      ? " (no such LUN on the target)"
+					      : "");
 		bd_err_clear(&e2);
 		if (r != -EAGAIN)
 			break;

@@ -85,6 +85,8 @@ bc export-del e1b >/dev/null
 # errors an operator understands
 assert_fails bc node-add "driver=iscsi,node-name=x0,portal=$P,target=$IQN,lun=0"
 assert_contains "$BD_OUT" "LUN 0 of $IQN is not a disk"
+assert_fails bc node-add "driver=iscsi,node-name=x7,portal=$P,target=$IQN,lun=7"
+assert_contains "$BD_OUT" "no such LUN"
 assert_fails bc node-add "driver=iscsi,node-name=x1,portal=$P,target=iqn.2026-01.test.blockd:nope,lun=1,timeout=5"
 assert_contains "$BD_OUT" "cannot log in to iqn.2026-01.test.blockd:nope"
 assert_fails bc node-add "driver=iscsi,node-name=x2,filename=iscsi://$P/$IQN/1,lun=1"
@@ -98,7 +100,7 @@ assert_contains "$BD_OUT" "iser"
 # nothing listens there: refused within the timeout, the daemon goes on
 port=$(bd_free_port)
 assert_fails bc node-add "driver=iscsi,node-name=x6,portal=127.0.0.1:$port,target=$IQN,lun=1,timeout=3"
-assert_contains "$BD_OUT" "cannot log in"
+assert_contains "$BD_OUT" "cannot log in to $IQN at 127.0.0.1:$port: connection refused"
 assert_eq "$(nbdinfo --size "$U1")" 67108864
 
 bc export-del e2 >/dev/null

@@ -33,6 +33,7 @@ _tgtd_launch()
 {
 	tgtd -f -C "$TGTD_CP" --iscsi "portal=127.0.0.1:$TGTD_PORT" >>"$T/tgtd.log" 2>&1 &
 	TGTD_PID=$!
+	disown "$TGTD_PID" # no "Killed" job report; _tgtd_alive tells a zombie from a live tgtd
 	local i
 	for i in $(seq 1 100); do
 		tgtadm_ --mode sys --op show >/dev/null 2>&1 && return 0
@@ -93,7 +94,6 @@ tgtd_kill()
 		_tgtd_alive || break
 		sleep 0.1
 	done
-	{ wait "$TGTD_PID"; } 2>/dev/null || true
 }
 
 tgtd_stop()
@@ -110,6 +110,5 @@ tgtd_stop()
 		sleep 0.1
 	done
 	_tgtd_alive && kill -KILL "$TGTD_PID"
-	{ wait "$TGTD_PID"; } 2>/dev/null || true
 	TGTD_PID=
 }
