@@ -156,21 +156,24 @@ static void sess_update(struct isc_sess *s)
 {
 	int fd = iscsi_get_fd(s->ctx);
 	unsigned ev = fd >= 0 ? (unsigned)iscsi_which_events(s->ctx) : 0;
+	/* POLLRDHUP: a target that closes the connection in an orderly way leaves the socket
+	 * readable forever, and libiscsi (auto-reconnect off) does not report it */
 	if (fd >= 0)
-		bd_poll_set(bd_loop_current(), &s->poll, fd, ev);
+		bd_poll_set(bd_loop_current(), &s->poll, fd, ev ? ev | POLLRDHUP : 0);
 }
 
 static void sess_ready(struct bd_poll *p, int revents)
 {
 	struct isc_sess *s = container_of(p, struct isc_sess, poll);
 	struct isc_node *n = s->n;
-	int r = iscsi_service(s->ctx, revents);
-	if (r < 0 || (revents & (POLLERR | POLLHUP | POLLNVAL))) {
+	int r = iscsi_service(s->ctx, revents & ~POLLRDHUP);
+	if (r < 0 || (revents & (POLLERR | POLLHUP | POLLNVAL | POLLRDHUP))) {
 		if (!s->broken && n->s == s && !n->why[0])
 			snprintf(n->why, sizeof(n->why), "%s",
-				 revents & (POLLERR | POLLHUP) ? "the connection was closed"
-				 : r < 0		       ? "the connection failed"
-					 : "the target closed the connection");
+				 revents & (POLLHUP | POLLRDHUP)
+				     ? "the target closed the connection"
+				 : revents & POLLERR ? "socket error"
+						     : "the connection failed");
 		s->broken = true;
 	}
 	if (n->s == s && !s->broken)

@@ -145,6 +145,26 @@ wait "$short" || { cat "$T/short.out"; fail "the write during a short outage fai
 cmp <(head -c 65536 /dev/zero | tr '\0' 'q') <(tail -c +9437185 "$T/lun1.img" | head -c 65536) ||
 	fail "the write during a short outage is not in the backing file"
 
+# an orderly stop (tgtd closes the connection, the socket stays readable): detected, no busy
+# loop while the target is away, back when it is
+t0=$(awk '{print $14 + $15}' "/proc/$BD_PID/stat")
+tgtd_stop
+sleep 3
+t1=$(awk '{print $14 + $15}' "/proc/$BD_PID/stat")
+[ $((t1 - t0)) -lt 100 ] || fail "blockd used $((t1 - t0)) CPU ticks in 3 s with the target away"
+tgtd_restart
+define_target
+back=
+for i in $(seq 1 40); do
+	if qemu-io -f raw -c "read 0 64k" "$U" 2>/dev/null | grep -q "read 65536"; then
+		back=$i
+		break
+	fi
+	sleep 0.5
+done
+[ -n "$back" ] || fail "no I/O after an orderly tgtd restart"
+grep -q "lost: the target closed the connection" "$BD_LOG" || fail "the orderly close was not logged"
+
 # a hung target (SIGSTOP: the connection stays up, nothing answers): the request fails with
 # EIO within the timeout, the session is dropped and re-established once tgtd runs again
 kill -STOP "$TGTD_PID"
