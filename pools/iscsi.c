@@ -122,6 +122,7 @@ static int isc_refresh(struct pool *p, struct bd_err *err)
 	struct bd_iscsi_target t;
 	int r, *luns = NULL;
 	size_t n = 0;
+	bool cleared = false;
 
 	if ((r = isc_check(p, err)) < 0 || (r = target_of(p->def, false, &t, err)) < 0)
 		return r;
@@ -132,11 +133,16 @@ static int isc_refresh(struct pool *p, struct bd_err *err)
 	if ((r = bd_iscsi_report_luns(c, t.timeout, &luns, &n, err)) < 0)
 		goto out;
 	bd_pool_vols_clear(p);
+	cleared = true;
 	p->def->capacity = p->def->allocation = p->def->available = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct bd_iscsi_lun_info info;
 		struct bd_err e2 = {0};
 		if (bd_iscsi_probe_lun(c, luns[i], t.timeout, &info, &e2) < 0) {
+			if (iscsi_get_fd(c) < 0) { /* the session is gone: no partial list */
+				r = bd_err_set(err, e2.code, "%s", e2.msg);
+				goto out;
+			}
 			bd_log(BD_LOG_WARN, "pool '%s': LUN %d of %s left out: %s", p->def->name,
 			       luns[i], t.target, e2.msg);
 			continue;
@@ -167,6 +173,8 @@ static int isc_refresh(struct pool *p, struct bd_err *err)
 	bd_pool_vols_sort(p);
 	r = 0;
 out:
+	if (r < 0 && cleared) /* no half list */
+		bd_pool_vols_clear(p);
 	free(luns);
 	bd_iscsi_close(c, t.timeout);
 	if (r < 0)

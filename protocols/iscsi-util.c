@@ -29,28 +29,35 @@ void bd_iscsi_wait_cb(struct iscsi_context *c, int status, void *command_data, v
 	w->done = true;
 }
 
+/* A wait that failed: the command (if any) is cancelled, which runs its callback, and the
+ * connection is closed, so that nothing still queued in libiscsi (libiscsi 1.19 leaves the
+ * DATA-OUT PDUs of a cancelled write queued, pointing into the task) is ever sent. */
+static int give_up(struct iscsi_context *c, struct bd_iscsi_wait *w, int r)
+{
+	if (w->task && !w->done)
+		iscsi_scsi_cancel_task(c, w->task);
+	if (iscsi_get_fd(c) >= 0)
+		iscsi_disconnect(c);
+	w->done = true;
+	return r;
+}
+
 int bd_iscsi_wait(struct iscsi_context *c, struct bd_iscsi_wait *w, uint64_t deadline_ns)
 {
 	while (!w->done) {
 		uint64_t now = bd_now_ns();
-		if (now >= deadline_ns) {
-			if (w->task)
-				iscsi_scsi_cancel_task(c, w->task); /* runs the callback */
-			w->done = true;
-			return -ETIMEDOUT;
-		}
+		if (iscsi_get_fd(c) < 0)
+			return give_up(c, w, -EIO);
+		if (now >= deadline_ns)
+			return give_up(c, w, -ETIMEDOUT);
 		uint64_t left_ms = (deadline_ns - now) / 1000000 + 1;
 		struct pollfd pfd = {.fd = iscsi_get_fd(c), .events = (short)iscsi_which_events(c)};
 		int ms = left_ms < 100 ? (int)left_ms : 100;
 		int n = pfd.fd >= 0 && pfd.events ? poll(&pfd, 1, ms) : (poll(NULL, 0, ms), 0);
 		if (n < 0 && errno != EINTR)
 			return -EIO;
-		if (iscsi_service(c, n > 0 ? pfd.revents : 0) < 0) {
-			if (w->task)
-				iscsi_scsi_cancel_task(c, w->task);
-			if (!w->done)
-				return -EIO;
-		}
+		if (iscsi_service(c, n > 0 ? pfd.revents : 0) < 0 && !w->done)
+			return give_up(c, w, -EIO);
 	}
 	return 0;
 }
@@ -163,7 +170,7 @@ void bd_iscsi_close(struct iscsi_context *c, unsigned timeout)
 {
 	if (!c)
 		return;
-	if (iscsi_is_logged_in(c)) {
+	if (iscsi_is_logged_in(c) && iscsi_get_fd(c) >= 0) {
 		struct bd_iscsi_wait w = {0};
 		uint64_t deadline =
 		    bd_now_ns() + (uint64_t)(timeout < 5 ? timeout : 5) * 1000000000ull;

@@ -60,8 +60,9 @@ struct bd_iscsi_wait {
 };
 /* The callback to give libiscsi with a struct bd_iscsi_wait as private data. */
 void bd_iscsi_wait_cb(struct iscsi_context *c, int status, void *command_data, void *opaque);
-/* Serve c until w is done or deadline_ns (bd_now_ns clock) passes: 0, or -ETIMEDOUT (the
- * task, if any, cancelled: its callback has run) or -EIO (the connection failed). */
+/* Serve c until w is done or deadline_ns (bd_now_ns clock) passes: 0, or -ETIMEDOUT / -EIO
+ * (the connection failed).  On failure the task, if any, is cancelled (its callback has run)
+ * and the connection is closed: c is good for bd_iscsi_close() / destroy only. */
 int bd_iscsi_wait(struct iscsi_context *c, struct bd_iscsi_wait *w, uint64_t deadline_ns);
 
 /* Parse an iscsi:// URL into t (portal, target, lun, user, password).  0 or -EINVAL. */

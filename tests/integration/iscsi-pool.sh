@@ -152,6 +152,18 @@ assert_contains "$(bc find-storage-pool-sources iscsi-direct "$T/spec.xml")" "$I
 assert_fails bc find-storage-pool-sources iscsi
 assert_contains "$BD_OUT" "needs a source"
 
+# ---- the target gone: refresh fails at once with a clear error, the daemon goes on
+tgtd_kill
+assert_fails bc pool-refresh idirect
+assert_contains "$BD_OUT" "connection refused"
+tgtd_restart
+tgtd_target 1 "$IQN"
+tgtd_lun 1 1 "$T/a.img" thin
+tgtd_lun 1 2 "$T/b.img"
+tgtd_lun 1 3 "$T/d.img"
+bc pool-refresh idirect >/dev/null
+assert_contains "$(bc vol-list idirect)" "unit:0:0:3"
+
 # ---- persistence: a restart finds the pool and its LUNs again
 bc pool-autostart idirect >/dev/null
 bd_stop
