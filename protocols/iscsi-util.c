@@ -278,6 +278,22 @@ int bd_iscsi_probe_lun(struct iscsi_context *c, int lun, unsigned timeout,
 	out->lbprz = rc->lbprz;
 	free_task(&w);
 
+	/* MODE SENSE(6): the WP bit of the device-specific parameter (no answer: writable) */
+	w = (struct bd_iscsi_wait){0};
+	w.task =
+	    iscsi_modesense6_task(c, lun, 1, SCSI_MODESENSE_PC_CURRENT,
+				  SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255, bd_iscsi_wait_cb, &w);
+	if (run_task(c, &w, timeout, "MODE SENSE(6)", &e2) == 0) {
+		struct scsi_mode_sense *ms = scsi_datain_unmarshall(w.task);
+		if (ms)
+			out->write_protected = ms->device_specific_parameter & 0x80;
+	} else if (iscsi_get_fd(c) < 0) {
+		free_task(&w);
+		return bd_err_set(err, e2.code, "LUN %d: %s", lun, e2.msg);
+	}
+	bd_err_clear(&e2);
+	free_task(&w);
+
 	/* the optional VPD pages: absent ones are no error */
 	bool have_b0 = false, have_b2 = false;
 	struct scsi_inquiry_supported_pages *sp = inquiry(c, lun, 1, 0x00, timeout, &w, &e2);

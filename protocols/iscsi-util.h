@@ -40,12 +40,13 @@ struct bd_iscsi_lun_info {
 	int qualifier;
 	char vendor[9], product[17];
 	/* the rest only for disks */
-	uint64_t size;	     /* bytes */
-	uint32_t block_size; /* logical block, bytes */
-	bool lbpme;	     /* thin provisioned (READ CAPACITY 16) */
-	bool lbpu, lbpws;    /* UNMAP, WRITE SAME(16) with UNMAP supported (LBP VPD) */
-	bool lbprz;	     /* unmapped blocks read as zeroes */
-	bool have_limits;    /* Block Limits VPD page read */
+	uint64_t size;	      /* bytes */
+	uint32_t block_size;  /* logical block, bytes */
+	bool lbpme;	      /* thin provisioned (READ CAPACITY 16) */
+	bool lbpu, lbpws;     /* UNMAP, WRITE SAME(16) with UNMAP supported (LBP VPD) */
+	bool lbprz;	      /* unmapped blocks read as zeroes */
+	bool write_protected; /* MODE SENSE: the WP bit */
+	bool have_limits;     /* Block Limits VPD page read */
 	uint32_t max_xfer_blocks, opt_xfer_blocks;
 	uint32_t max_unmap_blocks, max_unmap_desc, unmap_gran_blocks;
 	uint64_t max_ws_blocks;

@@ -712,6 +712,18 @@ static int isc_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 			       n->t.lun, n->t.target, n->info.device_type);
 		goto fail;
 	}
+	const struct bd_node_common *common = bd_node_common(node);
+	bool ro_fallback = false;
+	if (n->info.write_protected && !common->read_only) {
+		if (!common->auto_read_only) {
+			r = bd_err_set(err, -EACCES,
+				       "LUN %d of %s is write protected (use read-only=on or "
+				       "auto-read-only=on)",
+				       n->t.lun, n->t.target);
+			goto fail;
+		}
+		ro_fallback = true;
+	}
 	n->zero_block = calloc(1, n->info.block_size);
 	if (!n->zero_block || !(n->s = sess_new(n, ctx))) {
 		r = bd_err_set(err, -ENOMEM, "out of memory");
@@ -723,6 +735,7 @@ static int isc_open(struct bd_node *node, json_t *opts, struct bd_limits *limits
 	uint64_t bs = in->block_size;
 	memset(limits, 0, sizeof(*limits));
 	limits->size = in->size;
+	limits->read_only = ro_fallback;
 	limits->ops = BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_FLUSH) |
 		      BD_OP_BIT(BD_OP_WRITE_ZEROES);
 	if (in->lbpu)
@@ -769,6 +782,7 @@ static void isc_describe(struct bd_node *node, json_t *out)
 	json_object_set_new(out, "block-size", json_integer(n->info.block_size));
 	json_object_set_new(out, "unmap", json_boolean(n->info.lbpu));
 	json_object_set_new(out, "write-same-unmap", json_boolean(n->info.lbpws));
+	json_object_set_new(out, "write-protected", json_boolean(n->info.write_protected));
 	json_object_set_new(out, "vendor", json_string(n->info.vendor));
 	json_object_set_new(out, "product", json_string(n->info.product));
 }

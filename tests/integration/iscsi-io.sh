@@ -82,6 +82,19 @@ nbdcopy "$U1" "$T/back2" # and read through the first
 cmp -n 4194304 "$T/data2" "$T/back2" || fail "read back through the home loop"
 bc export-del e1b >/dev/null
 
+# a write-protected LUN (tgtd readonly=1): refused writable, read-only works, auto-read-only
+# falls back to read-only
+truncate -s 8M "$T/ro.img"
+tgtd_lun 1 3 "$T/ro.img"
+tgtadm_ --mode logicalunit --op update --tid 1 --lun 3 --params readonly=1
+assert_fails bc node-add "driver=iscsi,node-name=r0,portal=$P,target=$IQN,lun=3"
+assert_contains "$BD_OUT" "write protected"
+bc node-add "driver=iscsi,node-name=r1,portal=$P,target=$IQN,lun=3,read-only=on" >/dev/null
+bc node-add "driver=iscsi,node-name=r2,portal=$P,target=$IQN,lun=3,auto-read-only=on" >/dev/null
+assert_contains "$(bc node-list)" "r2     iscsi    8.00 MiB    ro"
+bc node-del r1 >/dev/null
+bc node-del r2 >/dev/null
+
 # errors an operator understands
 assert_fails bc node-add "driver=iscsi,node-name=x0,portal=$P,target=$IQN,lun=0"
 assert_contains "$BD_OUT" "LUN 0 of $IQN is not a disk"
