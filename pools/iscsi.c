@@ -23,6 +23,7 @@
 #include <sys/random.h>
 
 #define POOL_TIMEOUT 10 /* seconds, each login and command */
+#define MAX_LUNS 4096	/* a refresh probes each LUN on the control thread */
 
 static bool is_direct(const struct pool *p)
 {
@@ -132,6 +133,11 @@ static int isc_refresh(struct pool *p, struct bd_err *err)
 		return err->code;
 	if ((r = bd_iscsi_report_luns(c, t.timeout, &luns, &n, err)) < 0)
 		goto out;
+	if (n > MAX_LUNS) {
+		bd_log(BD_LOG_WARN, "pool '%s': %s reports %zu LUNs; listing the first %d",
+		       p->def->name, t.target, n, MAX_LUNS);
+		n = MAX_LUNS;
+	}
 	bd_pool_vols_clear(p);
 	cleared = true;
 	p->def->capacity = p->def->allocation = p->def->available = 0;
@@ -152,6 +158,8 @@ static int isc_refresh(struct pool *p, struct bd_err *err)
 			continue; /* the controller LUN, tapes, ... */
 		char name[64], url[BD_ISCSI_STR * 2 + 32], path[BD_ISCSI_STR * 3];
 		snprintf(name, sizeof(name), "unit:0:0:%d", luns[i]);
+		if (bd_pool_vol_find(p, name))
+			continue; /* a target that lists a LUN twice */
 		vol_url(&t, luns[i], url, sizeof(url));
 		if (is_direct(p))
 			snprintf(path, sizeof(path), "%s", url);
