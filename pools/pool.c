@@ -1055,7 +1055,10 @@ json_t *bd_pool_capabilities(void)
 		const struct pool_backend *be = backend_for_format(bd_pool_types[i], NULL);
 		fprintf(f, "  <pool type='%s' supported='%s'>\n", bd_pool_types[i],
 			be ? "yes" : "no");
-		if (be && !be->file_vols) {
+		bool parts = !strcmp(bd_pool_types[i], "disk") ||
+			     !strcmp(bd_pool_types[i], "logical");
+		bool luns = !strncmp(bd_pool_types[i], "iscsi", 5); /* the target's LUNs only */
+		if (be && parts) {
 			if (!strcmp(bd_pool_types[i], "disk"))
 				fprintf(f,
 					"    <poolOptions>\n      <defaultFormat type='dos'/>\n"
@@ -1071,7 +1074,7 @@ json_t *bd_pool_capabilities(void)
 				"    <volOptions>\n      <defaultFormat type='none'/>\n"
 				"      <enum name='targetFormatType'>\n"
 				"        <value>none</value>\n      </enum>\n    </volOptions>\n");
-		} else if (be) {
+		} else if (be && !luns) {
 			if (!strcmp(bd_pool_types[i], "fs"))
 				fprintf(f,
 					"    <poolOptions>\n      <defaultFormat type='auto'/>\n"

@@ -364,7 +364,7 @@ static int clone_into_device(struct pool *p, struct bd_vol_def *def,
 		close(in);
 		bd_vol_task_free(t);
 		struct bd_err e = {0};
-		if (v)
+		if (v && p->be->vol_delete)
 			p->be->vol_delete(p, v, &e);
 		if (p->be->refresh)
 			p->be->refresh(p, NULL);

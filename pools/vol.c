@@ -523,6 +523,9 @@ int bd_vol_delete(const char *pool, const char *name, struct bd_err *err)
 		return err->code;
 	if ((r = bd_vol_check_unused(p, v, err)) < 0)
 		return r;
+	if (!p->be->vol_delete)
+		return bd_err_set(err, -ENOTSUP, "pool '%s' (type %s) cannot delete volumes",
+				  p->def->name, p->def->type);
 	if ((r = p->be->vol_delete(p, v, err)) < 0)
 		return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
 	vol_remove(p, v);

@@ -873,7 +873,11 @@ static const struct bctl_pool_verb verbs[] = {
     {"pool-uuid", "Storage pools", "pool-uuid POOL", "a pool's UUID", "Prints the UUID.", p_uuid,
      P("pool"), NOPT, 1},
     {"find-storage-pool-sources", "Storage pools", "find-storage-pool-sources TYPE [SRCSPEC]",
-     "discover pool sources", "Probes for sources of pools of TYPE (fs, logical).", p_find_sources,
+     "discover pool sources",
+     "Probes for sources of pools of TYPE: fs (block devices with a file system), logical "
+     "(volume groups), iscsi and iscsi-direct (targets of the portal in SRCSPEC's <host>), "
+     "netfs (exports of the NFS server in SRCSPEC's <host>), gluster (volumes of the server).",
+     p_find_sources,
      P("type", "srcSpec"), NOPT, 1},
     {"vol-clone", "Storage volumes", "vol-clone VOL NEWNAME [--pool POOL] [--prealloc-metadata]",
      "clone a volume", "Copies VOL into a new volume NEWNAME of the same pool.", v_clone,
