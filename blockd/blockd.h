@@ -378,6 +378,18 @@ struct bd_driver {
 	 * releases them at once between the two, so that a drain never waits for a bucket. */
 	void (*drain_begin)(struct bd_node *node);
 	void (*drain_end)(struct bd_node *node);
+	/* [control] Optional: internal snapshots (blockdev-snapshot-internal-sync and
+	 * -delete-internal-sync).  Called through bd_node_snapshot_*(), which has checked that
+	 * the node is writable.  The node is NOT drained (a busy export may never be idle): the
+	 * driver holds its own new requests back and waits for those in progress, then resumes
+	 * them.  create: id NULL lets the driver choose; -EEXIST for a duplicate id or name.
+	 * delete: the snapshot matching id and/or name (at least one given), -ENOENT if none;
+	 * *info gets its description (QEMU's SnapshotInfo members: id, name, vm-state-size,
+	 * date-sec, date-nsec, vm-clock-sec, vm-clock-nsec). */
+	int (*snapshot_create)(struct bd_node *node, const char *id, const char *name,
+			       struct bd_err *err);
+	int (*snapshot_delete)(struct bd_node *node, const char *id, const char *name,
+			       json_t **info, struct bd_err *err);
 };
 
 /* [any] Driver lookup in the table the build generates; NULL if unknown. */
@@ -459,6 +471,12 @@ void bd_node_drain(struct bd_node *node);
  * node-name).  Drains the node, lets the driver apply its options, then the core's.  A change
  * of read-only needs the driver's reopen().  0 or -errno (the node is unchanged on error). */
 int bd_node_reopen(struct bd_node *node, json_t *opts, struct bd_err *err);
+/* [control] Internal snapshots: the driver's snapshot ops after the core's checks (the driver
+ * has the op, the node is writable); messages as QEMU's.  delete: *info as the op's. */
+int bd_node_snapshot_create(struct bd_node *node, const char *id, const char *name,
+			    struct bd_err *err);
+int bd_node_snapshot_delete(struct bd_node *node, const char *id, const char *name,
+			    json_t **info, struct bd_err *err);
 /* [control] The options the node was opened with (borrowed; marks cleared). */
 json_t *bd_node_options(struct bd_node *node);
 /* [control] Resize a node (block_resize).  0 or -errno. */

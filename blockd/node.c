@@ -775,6 +775,39 @@ int bd_node_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err)
 	return 0;
 }
 
+/* ---- internal snapshots ---- */
+
+static int snapshot_check(struct bd_node *node, bool has_op, struct bd_err *err)
+{
+	if (!has_op)
+		return bd_err_set(err, -ENOTSUP,
+				  "Block format '%s' used by device '%s' does not support internal "
+				  "snapshots",
+				  node->drv->name, node->name);
+	if (node->common.read_only)
+		return bd_err_set(err, -EPERM, "Device '%s' is read only", node->name);
+	return 0;
+}
+
+int bd_node_snapshot_create(struct bd_node *node, const char *id, const char *name,
+			    struct bd_err *err)
+{
+	int r = snapshot_check(node, node->drv->snapshot_create != NULL, err);
+	if (r < 0)
+		return r;
+	return node->drv->snapshot_create(node, id, name, err);
+}
+
+int bd_node_snapshot_delete(struct bd_node *node, const char *id, const char *name,
+			    json_t **info, struct bd_err *err)
+{
+	int r = snapshot_check(node, node->drv->snapshot_delete != NULL, err);
+	if (r < 0)
+		return r;
+	*info = NULL;
+	return node->drv->snapshot_delete(node, id, name, info, err);
+}
+
 /* ---- synchronous requests for the control path ---- */
 
 struct sync_ctx {
