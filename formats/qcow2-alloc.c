@@ -110,6 +110,17 @@ const char *q2_meta_overlap(struct q2 *s, uint64_t off, uint64_t len)
 
 static void fp_start(struct q2 *s);
 
+void q2_wake_stalled(struct q2 *s)
+{
+	struct q2_req *w = s->stalled, *next;
+
+	s->stalled = NULL;
+	for (; w; w = next) {
+		next = w->next;
+		q2_wake(w);
+	}
+}
+
 bool q2_lock_take(struct q2_req *qr)
 {
 	struct q2 *s = qr->s;
@@ -857,12 +868,8 @@ void q2_fp_run(struct q2_req *fq)
 		s->lock_owner = NULL;
 		if (s->nfrees <= Q2_FREE_BARRIER && s->barrier) {
 			s->barrier = false;
-			struct q2_req *w = s->stalled, *next;
-			s->stalled = NULL;
-			for (; w; w = next) {
-				next = w->next;
-				q2_wake(w);
-			}
+			if (!s->frozen)
+				q2_wake_stalled(s);
 		}
 		q2_lock_release(s);
 		return;

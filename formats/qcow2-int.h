@@ -93,6 +93,7 @@ struct q2 {
 	struct q2_free *frees;
 	unsigned nfrees, frees_cap;
 	bool barrier;    /* too many pending frees: new requests wait */
+	bool frozen;     /* q2_freeze(): new requests wait (control-thread metadata work) */
 	struct q2_req *stalled;
 	struct q2_req *freeq; /* the free program's pseudo request */
 	atomic_bool free_running;
@@ -229,6 +230,13 @@ void q2_corrupt(struct q2 *s, uint64_t off, uint64_t size, bool fatal, const cha
 	__attribute__((format(printf, 5, 6)));
 /* qcow2.c [control]: wait for a running free program to end; apply pending frees synchronously. */
 void q2_quiesce(struct q2 *s);
+/* [control] Hold new requests back (they wait in s->stalled) and wait until none is in
+ * progress and the free program is idle; q2_thaw() lets them go.  For metadata changes on the
+ * control thread while exports keep submitting (snapshots, resize). */
+void q2_freeze(struct q2 *s);
+void q2_thaw(struct q2 *s);
+/* [owner loop] Restart the requests waiting in s->stalled. */
+void q2_wake_stalled(struct q2 *s);
 void q2_apply_frees_sync(struct q2 *s);
 
 /* qcow2-io.c: the request engine [owner loop; q2_submit on any loop]. */
@@ -286,7 +294,8 @@ int q2_prepare_growth(struct q2 *s, struct bd_err *err);
 int q2_snapshot_create(struct bd_node *node, const char *id, const char *name,
 		       struct bd_err *err);
 int q2_snapshot_delete(struct bd_node *node, const char *id, const char *name,
-		       struct bd_err *err);
+		       json_t **info, struct bd_err *err);
+json_t *q2_snapinfo_json(const struct q2_snapinfo *sn);
 
 /* qcow2-create.c */
 int q2_create(struct bd_node *file, json_t *opts, struct bd_err *err);

@@ -750,7 +750,7 @@ static void start(struct q2_req *qr)
 			finish(qr, qr->err ? qr->err : -EIO);
 		return;
 	}
-	if (s->barrier) {
+	if (s->barrier || s->frozen) {
 		qr->next = s->stalled;
 		s->stalled = qr;
 		return; /* woken with st still ST_START */

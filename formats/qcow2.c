@@ -595,6 +595,60 @@ void q2_quiesce(struct q2 *s)
 	}
 }
 
+struct freeze_ctx {
+	struct q2 *s;
+	bool on, idle;
+};
+
+static void freeze_msg(void *arg)
+{
+	struct freeze_ctx *c = arg;
+	struct q2 *s = c->s;
+
+	if (c->on) {
+		s->frozen = true;
+		c->idle = s->active == 0 && !s->lock_owner && !atomic_load(&s->free_running);
+		return;
+	}
+	s->frozen = false;
+	if (!s->barrier)
+		q2_wake_stalled(s);
+}
+
+static void freeze_call(struct q2 *s, struct freeze_ctx *c)
+{
+	struct bd_loop *owner = atomic_load(&s->owner);
+
+	if (owner && owner != bd_loop_current())
+		bd_loop_call(owner, freeze_msg, c);
+	else
+		freeze_msg(c);
+}
+
+void q2_freeze(struct q2 *s)
+{
+	struct freeze_ctx c = {.s = s, .on = true};
+
+	/* Without an owner yet, make the default I/O loop the owner, so that a request that
+	 * arrives now meets the frozen flag there. */
+	if (!atomic_load(&s->owner) && bd_io_loop_count() > 0) {
+		struct bd_loop *expected = NULL;
+		atomic_compare_exchange_strong(&s->owner, &expected, bd_io_loop_get(0));
+	}
+	for (;;) {
+		freeze_call(s, &c);
+		if (c.idle)
+			break;
+		usleep(200);
+	}
+}
+
+void q2_thaw(struct q2 *s)
+{
+	struct freeze_ctx c = {.s = s, .on = false};
+	freeze_call(s, &c);
+}
+
 /* Apply pending frees synchronously (close). */
 void q2_apply_frees_sync(struct q2 *s)
 {
@@ -643,7 +697,9 @@ static void q2_close(struct bd_node *node)
 	q2_free_mem(s);
 }
 
-/* ---- resize (control thread, node drained) ---- */
+/* ---- resize (control thread; requests held back by q2_freeze) ---- */
+
+static int resize_frozen(struct q2 *s, uint64_t new_size, uint64_t need, struct bd_err *err);
 
 static int q2_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err)
 {
@@ -651,7 +707,16 @@ static int q2_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err
 	uint64_t need = q2_l1_needed(new_size, s->cb);
 	int r;
 
-	q2_quiesce(s);
+	q2_freeze(s);
+	r = resize_frozen(s, new_size, need, err);
+	q2_thaw(s);
+	return r;
+}
+
+static int resize_frozen(struct q2 *s, uint64_t new_size, uint64_t need, struct bd_err *err)
+{
+	int r;
+
 	if (s->broken)
 		return bd_err_set(err, -EIO, "Image is corrupt; cannot be resized");
 	if (new_size % 512)
@@ -868,4 +933,6 @@ const struct bd_driver bd_drv_qcow2 = {
 	.resize = q2_resize,
 	.describe = q2_describe,
 	.create = q2_create,
+	.snapshot_create = q2_snapshot_create,
+	.snapshot_delete = q2_snapshot_delete,
 };

@@ -553,7 +553,7 @@ static void test_snapshot_ops(void)
 	if (!n)
 		return;
 	bd_node_drain(n);
-	CHECK(q2_snapshot_delete(n, NULL, "first", &err) == 0, "delete first: %s", err.msg);
+	CHECK(q2_snapshot_delete(n, NULL, "first", NULL, &err) == 0, "delete first: %s", err.msg);
 	close_q("so");
 	check_clean(img, "after deleting first");
 	CHECK(sh("qemu-img snapshot -l '%s' | grep -q first", img) != 0, "first is gone");
@@ -564,7 +564,7 @@ static void test_snapshot_ops(void)
 	n = open_q(img, "so", false, NULL);
 	if (n) {
 		bd_node_drain(n);
-		CHECK(q2_snapshot_delete(n, "77", NULL, &err) == 0, "delete second: %s", err.msg);
+		CHECK(q2_snapshot_delete(n, "77", NULL, NULL, &err) == 0, "delete second: %s", err.msg);
 		close_q("so");
 	}
 	check_clean(img, "after deleting both");
@@ -576,7 +576,7 @@ static void test_snapshot_ops(void)
 	n = open_q(img, "so", false, NULL);
 	if (n) {
 		bd_node_drain(n);
-		CHECK(q2_snapshot_delete(n, NULL, "q1", &err) == 0, "delete QEMU's: %s", err.msg);
+		CHECK(q2_snapshot_delete(n, NULL, "q1", NULL, &err) == 0, "delete QEMU's: %s", err.msg);
 		close_q("so");
 	}
 	check_clean(img, "after deleting QEMU's snapshot");
