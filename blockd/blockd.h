@@ -216,6 +216,12 @@ enum bd_req_flags {
 	BD_REQ_MAY_UNMAP = 1u << 1,   /* write-zeroes: may deallocate */
 	BD_REQ_NO_FALLBACK = 1u << 2, /* write-zeroes: fail with -ENOTSUP rather than write zeroes */
 	BD_REQ_BS_ONE = 1u << 3,      /* block-status: one extent is enough */
+	/* write: store the data compressed (QEMU's BDRV_REQ_WRITE_COMPRESSED).  Only for nodes
+	 * with limits.compress_cluster; offset and length are whole units of it (the length may
+	 * end at the image's end instead).  The core checks this (-ENOTSUP, -EINVAL) and keeps
+	 * split chunks whole units; a driver may store a unit uncompressed when it does not
+	 * compress. */
+	BD_REQ_WRITE_COMPRESSED = 1u << 4,
 };
 
 /* Block status extent flags. */
@@ -318,6 +324,8 @@ struct bd_limits {
 				* the node read-only */
 	bool zeroes_unmap;     /* write-zeroes with MAY_UNMAP can deallocate */
 	bool can_resize;
+	uint32_t compress_cluster; /* > 0: takes BD_REQ_WRITE_COMPRESSED writes in units of this
+				    * many bytes (a power of two, a multiple of req_align) */
 };
 
 /* Option descriptor: validation, docs and the QMP schema come from these tables. */

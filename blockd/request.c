@@ -13,7 +13,8 @@
  *   - detect-zeroes: an all-zero WRITE becomes WRITE_ZEROES;
  *   - unaligned offsets/lengths: bounce buffers, and read-modify-write for writes (serialised
  *     per node against other read-modify-writes, see rmw_* below);
- *   - requests above max_transfer / max_discard: split into a window of sub-requests.
+ *   - requests above max_transfer / max_discard: split into a window of sub-requests;
+ *   - BD_REQ_WRITE_COMPRESSED: checked against limits.compress_cluster, kept in whole units.
  * Sub-requests come from the same channel and pass through process() again, so each step only
  * handles one concern.
  */
@@ -305,6 +306,10 @@ static void chunk_pump(struct bd_req *parent, bool in_submit)
 		/* keep chunks aligned so that they do not each need a read-modify-write */
 		if (max < len && lim->req_align > 1 && max >= lim->req_align)
 			max = align_down(max, lim->req_align);
+		/* and compressed writes in whole units */
+		if (max < len && (sub->flags & BD_REQ_WRITE_COMPRESSED) &&
+		    max >= lim->compress_cluster)
+			max = align_down(max, lim->compress_cluster);
 		if (len > max)
 			len = max;
 		sub->offset = parent->next_off;
@@ -429,7 +434,7 @@ static struct bd_req *bounce_sub(struct bd_req *req, enum bd_op op, uint64_t off
 	sub->len = len;
 	sub->iov = &req->bounce_iov;
 	sub->iovcnt = 1;
-	sub->flags = op == BD_OP_WRITE ? (req->flags & BD_REQ_FUA) : 0;
+	sub->flags = op == BD_OP_WRITE ? (req->flags & (BD_REQ_FUA | BD_REQ_WRITE_COMPRESSED)) : 0;
 	sub->cb = bounce_sub_done;
 	sub->opaque = req;
 	sub->parent = req;
@@ -739,6 +744,14 @@ int bd_submit(struct bd_chan *ch, struct bd_req *req)
 	}
 	if (is_write_op(req->op) && node->common.read_only)
 		return -EPERM;
+	if (req->flags & BD_REQ_WRITE_COMPRESSED) {
+		uint64_t u = lim->compress_cluster;
+		if (req->op != BD_OP_WRITE || !u)
+			return -ENOTSUP;
+		if ((req->offset & (u - 1)) ||
+		    ((req->len & (u - 1)) && req->offset + req->len != lim->size))
+			return -EINVAL;
+	}
 	if (req->op == BD_OP_READ || req->op == BD_OP_WRITE) {
 		if (bd_iov_size(req->iov, req->iovcnt) != req->len)
 			return -EINVAL;
