@@ -74,6 +74,8 @@ int q2_rc_set(struct q2 *s, uint64_t ci, uint64_t v)
 	if (ret < 0)
 		return ret;
 	rbd_mark(s, r, lo, hi);
+	if (v == 0 && s->comp_next && ci == s->comp_next >> s->cb)
+		s->comp_next = 0; /* freed: compressed clusters are no longer packed there */
 	return 0;
 }
 
@@ -630,6 +632,8 @@ int q2_alloc_plan(struct q2_req *qr)
 		want = s->l2n - l2i;
 	if (want > Q2_MAX_RUN_CLUSTERS)
 		want = Q2_MAX_RUN_CLUSTERS;
+	if (qr->comp_skip == qr->pos + 1)
+		want = 1; /* a compressed write's cluster that did not compress: only that one */
 	for (n = 0; n < want; n++) {
 		struct q2_l2e e;
 		if (q2_l2e_decode(q2_be64(tab + 8 * (l2i + n)), s->cb, &e) < 0) {
@@ -723,6 +727,98 @@ int q2_alloc_plan(struct q2_req *qr)
 	qr->dwrite = true;
 	qr->dhost = c << s->cb;
 	qr->dlen = n << s->cb;
+	qr->st = ST_A_COW_READ_DONE;
+	return 1;
+}
+
+/* ---- compressed writes (BD_REQ_WRITE_COMPRESSED): one cluster per program ----
+ *
+ * The cluster is compressed at the first call; the compressed bytes (rounded up to 512) are
+ * packed behind the previous compressed cluster when its host cluster has room (one more
+ * reference on it), else they start a new host cluster.  The program is the allocating
+ * write's: data and refcounts, flush, then the L2 entry; the old entry loses a reference. */
+int q2_comp_plan(struct q2_req *qr)
+{
+	struct q2 *s = qr->s;
+	uint64_t off = qr->req->offset + qr->pos;
+	uint64_t rem = qr->end - qr->pos;
+	uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
+	uint64_t chunk = rem < s->cs ? rem : s->cs;
+	struct q2_cow *cw = &qr->cow[0];
+	uint64_t host = 0, alen;
+	struct q2_l2e e;
+	int r;
+
+	if (off & (s->cs - 1))
+		return -EINVAL;
+	if (!cw->cbuf) {
+		cw->buf = calloc(1, s->cs); /* a short last cluster is padded with zeroes */
+		cw->cbuf = malloc(s->cs);
+		if (!cw->buf || !cw->cbuf) {
+			cow_free(qr);
+			return -ENOMEM;
+		}
+		bd_iov_to_buf(qr->src, qr->srccnt, qr->pos - qr->src_base, cw->buf, chunk);
+		long n = s->cs > 512 ? q2_compress((enum q2_compression)s->h.compression_type,
+						   cw->buf, s->cs, cw->cbuf, s->cs - 512)
+				     : -ENOSPC;
+		if (n < 0) {
+			cow_free(qr);
+			return n == -ENOSPC ? -ENOSPC : -EIO;
+		}
+		cw->csize = (uint64_t)n;
+		memset(cw->cbuf + n, 0, ((n + 511) & ~511l) - n);
+	}
+	if (qr->slot < 0 && !qr->newl2) {
+		r = mp_prepare_l2(qr, off);
+		if (r <= 0)
+			return r;
+	}
+	uint8_t *tab = mp_tab(qr);
+	if (q2_l2e_decode(q2_be64(tab + 8 * l2i), s->cb, &e) < 0) {
+		q2_corrupt(s, UINT64_MAX, 0, true, "Invalid L2 entry");
+		return -EIO;
+	}
+	alen = (cw->csize + 511) & ~511ull;
+	if (s->comp_next && (s->comp_next & (s->cs - 1)) + alen <= s->cs) {
+		uint64_t ci = s->comp_next >> s->cb, v = q2_rc_get(s, ci);
+		if (v > 0 && v < q2_refcount_max(s->h.refcount_order)) {
+			r = q2_rc_set(s, ci, v + 1);
+			if (r < 0)
+				return r;
+			host = s->comp_next;
+		}
+	}
+	if (!host) {
+		uint64_t c, got, need;
+		r = q2_alloc_find(s, 1, &c, &got, &need);
+		if (r < 0)
+			return r;
+		if (r == 0) {
+			qr->rb_idx = need;
+			qr->rb_ret = ST_A_PLAN;
+			r = rb_create(qr);
+			return r < 0 ? r : 0;
+		}
+		r = q2_alloc_take(s, c, 1);
+		if (r < 0)
+			return r;
+		host = c << s->cb;
+	}
+	s->comp_next = (host + alen) & (s->cs - 1) ? host + alen : 0;
+	qr->incr = true;
+	ents_need(qr, 1);
+	qr->l2i = l2i;
+	qr->nent = 1;
+	qr->ents[0] = Q2_OFLAG_COMPRESSED | ((alen / 512 - 1) << (62 - (s->cb - 8))) | host;
+	free_entry(qr, &e, s->pass_discard_other);
+	qr->chunk = chunk;
+	struct iovec *v = q2_iov_need(qr, 1);
+	v[0] = (struct iovec){cw->cbuf, alen};
+	qr->diovcnt = 1;
+	qr->dwrite = true;
+	qr->dhost = host;
+	qr->dlen = alen;
 	qr->st = ST_A_COW_READ_DONE;
 	return 1;
 }

@@ -98,6 +98,9 @@ struct q2 {
 	struct q2_req *freeq; /* the free program's pseudo request */
 	atomic_bool free_running;
 
+	/* Compressed writes: where the next one may be packed (0 = start a new cluster). */
+	uint64_t comp_next;
+
 	/* One decompressed cluster. */
 	uint64_t dc_off; /* host offset of the cached compressed cluster, 0 = none */
 	uint8_t *dc_buf;
@@ -166,6 +169,8 @@ struct q2_req {
 	int ret;
 	bool counted;
 	bool waiting_lock;
+	bool comp;           /* this write range is planned compressed */
+	uint64_t comp_skip;  /* pos + 1 of a cluster that did not compress (written plainly) */
 	struct q2_req *next;
 
 	uint64_t pos;  /* bytes of the request done */
@@ -272,6 +277,7 @@ int q2_mp_step(struct q2_req *qr);
 bool q2_reads_zero_unalloc(struct q2 *s, uint64_t guest);
 int q2_cow_finish(struct q2_req *qr, struct q2_cow *cw);
 int q2_alloc_plan(struct q2_req *qr);
+int q2_comp_plan(struct q2_req *qr);
 int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unmap);
 void q2_fp_run(struct q2_req *fq);
 

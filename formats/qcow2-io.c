@@ -447,6 +447,14 @@ static int write_step(struct q2_req *qr)
 			}
 			if (s->broken)
 				return -EIO;
+			qr->comp = (qr->req->flags & BD_REQ_WRITE_COMPRESSED) &&
+				   qr->req->op == BD_OP_WRITE && qr->comp_skip != qr->pos + 1;
+			if (qr->comp) {
+				if (!q2_lock_take(qr))
+					return 0;
+				qr->st = ST_A_PLAN;
+				continue;
+			}
 			r = q2_l2_get(qr, off, &slot, &l1e);
 			if (r <= 0)
 				return r;
@@ -504,7 +512,13 @@ static int write_step(struct q2_req *qr)
 			qr->st = ST_W_NEXT;
 			continue;
 		case ST_A_PLAN: {
-			int r = q2_alloc_plan(qr);
+			int r = qr->comp ? q2_comp_plan(qr) : q2_alloc_plan(qr);
+			if (r == -ENOSPC && qr->comp) {
+				/* does not compress: this cluster is written as it is */
+				qr->comp = false;
+				qr->comp_skip = qr->pos + 1;
+				r = q2_alloc_plan(qr);
+			}
 			if (r < 0)
 				return r;
 			if (r == 0)

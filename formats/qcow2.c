@@ -573,6 +573,8 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	limits->native_fua = false;
 	limits->zeroes_unmap = true;
 	limits->can_resize = s->writable;
+	/* Compressed writes (the compress filter): whole clusters, not with extended L2 entries. */
+	limits->compress_cluster = s->writable && s->esz == 8 ? (uint32_t)s->cs : 0;
 	return 0;
 fail:
 	q2_free_mem(s);
