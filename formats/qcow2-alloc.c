@@ -25,7 +25,6 @@
 #define Q2_MAX_RUN_CLUSTERS 512      /* clusters per allocation program */
 #define Q2_FREE_BARRIER 4096         /* pending frees before new requests wait */
 
-static void cow_free(struct q2_req *qr);
 
 /* ============================================================================================
  * In-memory refcounts
@@ -263,7 +262,7 @@ int q2_alloc_take(struct q2 *s, uint64_t c, uint64_t n)
 }
 
 /* Start creating refcount block qr->rb_idx; the program returns to qr->rb_ret. */
-static int rb_create(struct q2_req *qr)
+int q2_rb_create(struct q2_req *qr)
 {
 	struct q2 *s = qr->s;
 	uint64_t r = qr->rb_idx;
@@ -313,10 +312,13 @@ static void write_rb_dirty(struct q2_req *qr)
 
 /* ---- the metadata program (lock held, qr->slot pinned or qr->newl2 set) ---- */
 
+/* qr->ents holds esz / 8 words per entry (extended L2 entries: the entry, then the bitmap). */
 static void mp_set_entries(struct q2 *s, uint8_t *tab, struct q2_req *qr)
 {
+	uint32_t w = s->esz / 8;
 	for (uint64_t k = 0; k < qr->nent; k++)
-		q2_put_be64(tab + 8 * (qr->l2i + k), qr->ents[k]);
+		for (uint32_t j = 0; j < w; j++)
+			q2_put_be64(tab + s->esz * (qr->l2i + k) + 8 * j, qr->ents[k * w + j]);
 }
 
 int q2_mp_step(struct q2_req *qr)
@@ -393,8 +395,8 @@ int q2_mp_step(struct q2_req *qr)
 				  v, 1, 0);
 		} else {
 			uint8_t *tab = s->slots[qr->slot].tab;
-			uint64_t lo = (qr->l2i * 8) & ~511ull;
-			uint64_t hi = ((qr->l2i + qr->nent) * 8 + 511) & ~511ull;
+			uint64_t lo = (qr->l2i * s->esz) & ~511ull;
+			uint64_t hi = ((qr->l2i + qr->nent) * s->esz + 511) & ~511ull;
 			mp_set_entries(s, tab, qr);
 			v[0].iov_base = tab + lo;
 			v[0].iov_len = hi - lo;
@@ -420,7 +422,7 @@ int q2_mp_step(struct q2_req *qr)
 		}
 		free(qr->newtab);
 		qr->newtab = NULL;
-		cow_free(qr);
+		q2_cow_free(qr);
 		qr->newl2 = qr->oldl2 = 0;
 		qr->nent = 0;
 		qr->dwrite = false;
@@ -434,7 +436,7 @@ int q2_mp_step(struct q2_req *qr)
 /* Prepare the L2 side of a program for guest offset off: pin the cached table, or allocate a
  * new one (empty, or a copy of a shared one).  Returns 1 ready, 0 waiting (state unchanged),
  * <0 error. */
-static int mp_prepare_l2(struct q2_req *qr, uint64_t off)
+int q2_mp_prepare_l2(struct q2_req *qr, uint64_t off)
 {
 	struct q2 *s = qr->s;
 	uint64_t l1e;
@@ -457,7 +459,7 @@ static int mp_prepare_l2(struct q2_req *qr, uint64_t off)
 	if (r == 0) {
 		qr->rb_idx = need;
 		qr->rb_ret = qr->st;
-		r = rb_create(qr);
+		r = q2_rb_create(qr);
 		return r < 0 ? r : 0;
 	}
 	r = q2_alloc_take(s, c, 1);
@@ -480,12 +482,12 @@ static int mp_prepare_l2(struct q2_req *qr, uint64_t off)
 }
 
 /* The table the program changes: the new one, or the cached one. */
-static uint8_t *mp_tab(struct q2_req *qr)
+uint8_t *q2_mp_tab(struct q2_req *qr)
 {
 	return qr->newl2 ? qr->newtab : qr->s->slots[qr->slot].tab;
 }
 
-static void ents_need(struct q2_req *qr, uint64_t n)
+void q2_ents_need(struct q2_req *qr, uint64_t n)
 {
 	if (n > qr->entcap) {
 		qr->entcap = n;
@@ -496,7 +498,7 @@ static void ents_need(struct q2_req *qr, uint64_t n)
 }
 
 /* The clusters an entry references lose a reference when it is replaced. */
-static void free_entry(struct q2_req *qr, const struct q2_l2e *e, bool discard)
+void q2_free_entry(struct q2_req *qr, const struct q2_l2e *e, bool discard)
 {
 	if (e->type == Q2_C_NORMAL || e->type == Q2_C_ZERO_ALLOC)
 		q2_add_free(qr, e->host, qr->s->cs, discard);
@@ -511,7 +513,7 @@ bool q2_reads_zero_unalloc(struct q2 *s, uint64_t guest)
 	return !s->backing || guest >= bd_node_size(bd_child_node(s->backing));
 }
 
-static void cow_free(struct q2_req *qr)
+void q2_cow_free(struct q2_req *qr)
 {
 	for (int i = 0; i < 2; i++) {
 		free(qr->cow[i].buf);
@@ -521,7 +523,7 @@ static void cow_free(struct q2_req *qr)
 }
 
 /* Read the old contents of a cluster for copy-on-write into cow->buf. */
-static int cow_read(struct q2_req *qr, struct q2_cow *cw)
+int q2_cow_read(struct q2_req *qr, struct q2_cow *cw)
 {
 	struct q2 *s = qr->s;
 	struct iovec *v = malloc(sizeof(*v));
@@ -621,11 +623,11 @@ int q2_alloc_plan(struct q2_req *qr)
 	int r;
 
 	if (qr->slot < 0 && !qr->newl2) {
-		r = mp_prepare_l2(qr, off);
+		r = q2_mp_prepare_l2(qr, off);
 		if (r <= 0)
 			return r;
 	}
-	uint8_t *tab = mp_tab(qr);
+	uint8_t *tab = q2_mp_tab(qr);
 	/* Clusters to allocate: from l2i on, while they cannot be written in place. */
 	want = (inoff + rem + s->cs - 1) >> s->cb;
 	if (want > s->l2n - l2i)
@@ -662,7 +664,7 @@ int q2_alloc_plan(struct q2_req *qr)
 	if (r == 0) {
 		qr->rb_idx = need;
 		qr->rb_ret = ST_A_PLAN;
-		r = rb_create(qr);
+		r = q2_rb_create(qr);
 		return r < 0 ? r : 0;
 	}
 	r = q2_alloc_take(s, c, got);
@@ -672,14 +674,14 @@ int q2_alloc_plan(struct q2_req *qr)
 	qr->incr = true;
 
 	/* Entries and frees. */
-	ents_need(qr, n);
+	q2_ents_need(qr, n);
 	qr->l2i = l2i;
 	qr->nent = n;
 	for (uint64_t k = 0; k < n; k++) {
 		struct q2_l2e e;
 		q2_l2e_decode(q2_be64(tab + 8 * (l2i + k)), s->cb, &e);
 		qr->ents[k] = ((c + k) << s->cb) | Q2_OFLAG_COPIED;
-		free_entry(qr, &e, s->pass_discard_other);
+		q2_free_entry(qr, &e, s->pass_discard_other);
 	}
 
 	/* The guest range written: [off, off+chunk). */
@@ -690,7 +692,7 @@ int q2_alloc_plan(struct q2_req *qr)
 	uint64_t tail = (n << s->cb) - inoff - chunk;
 
 	/* Copy-on-write of the head of the first and the tail of the last cluster. */
-	cow_free(qr);
+	q2_cow_free(qr);
 	for (int i = 0; i < 2; i++) {
 		uint64_t k = i == 0 ? 0 : n - 1;
 		struct q2_cow *cw = &qr->cow[i];
@@ -709,7 +711,7 @@ int q2_alloc_plan(struct q2_req *qr)
 		cw->guest = (off & ~(s->cs - 1)) + (k << s->cb);
 		if (e.type == Q2_C_UNALLOC && q2_reads_zero_unalloc(s, cw->guest))
 			cw->type = Q2_C_ZERO_PLAIN;
-		r = cow_read(qr, cw);
+		r = q2_cow_read(qr, cw);
 		if (r < 0)
 			return r;
 	}
@@ -727,98 +729,6 @@ int q2_alloc_plan(struct q2_req *qr)
 	qr->dwrite = true;
 	qr->dhost = c << s->cb;
 	qr->dlen = n << s->cb;
-	qr->st = ST_A_COW_READ_DONE;
-	return 1;
-}
-
-/* ---- compressed writes (BD_REQ_WRITE_COMPRESSED): one cluster per program ----
- *
- * The cluster is compressed at the first call; the compressed bytes (rounded up to 512) are
- * packed behind the previous compressed cluster when its host cluster has room (one more
- * reference on it), else they start a new host cluster.  The program is the allocating
- * write's: data and refcounts, flush, then the L2 entry; the old entry loses a reference. */
-int q2_comp_plan(struct q2_req *qr)
-{
-	struct q2 *s = qr->s;
-	uint64_t off = qr->req->offset + qr->pos;
-	uint64_t rem = qr->end - qr->pos;
-	uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
-	uint64_t chunk = rem < s->cs ? rem : s->cs;
-	struct q2_cow *cw = &qr->cow[0];
-	uint64_t host = 0, alen;
-	struct q2_l2e e;
-	int r;
-
-	if (off & (s->cs - 1))
-		return -EINVAL;
-	if (!cw->cbuf) {
-		cw->buf = calloc(1, s->cs); /* a short last cluster is padded with zeroes */
-		cw->cbuf = malloc(s->cs);
-		if (!cw->buf || !cw->cbuf) {
-			cow_free(qr);
-			return -ENOMEM;
-		}
-		bd_iov_to_buf(qr->src, qr->srccnt, qr->pos - qr->src_base, cw->buf, chunk);
-		long n = s->cs > 512 ? q2_compress((enum q2_compression)s->h.compression_type,
-						   cw->buf, s->cs, cw->cbuf, s->cs - 512)
-				     : -ENOSPC;
-		if (n < 0) {
-			cow_free(qr);
-			return n == -ENOSPC ? -ENOSPC : -EIO;
-		}
-		cw->csize = (uint64_t)n;
-		memset(cw->cbuf + n, 0, ((n + 511) & ~511l) - n);
-	}
-	if (qr->slot < 0 && !qr->newl2) {
-		r = mp_prepare_l2(qr, off);
-		if (r <= 0)
-			return r;
-	}
-	uint8_t *tab = mp_tab(qr);
-	if (q2_l2e_decode(q2_be64(tab + 8 * l2i), s->cb, &e) < 0) {
-		q2_corrupt(s, UINT64_MAX, 0, true, "Invalid L2 entry");
-		return -EIO;
-	}
-	alen = (cw->csize + 511) & ~511ull;
-	if (s->comp_next && (s->comp_next & (s->cs - 1)) + alen <= s->cs) {
-		uint64_t ci = s->comp_next >> s->cb, v = q2_rc_get(s, ci);
-		if (v > 0 && v < q2_refcount_max(s->h.refcount_order)) {
-			r = q2_rc_set(s, ci, v + 1);
-			if (r < 0)
-				return r;
-			host = s->comp_next;
-		}
-	}
-	if (!host) {
-		uint64_t c, got, need;
-		r = q2_alloc_find(s, 1, &c, &got, &need);
-		if (r < 0)
-			return r;
-		if (r == 0) {
-			qr->rb_idx = need;
-			qr->rb_ret = ST_A_PLAN;
-			r = rb_create(qr);
-			return r < 0 ? r : 0;
-		}
-		r = q2_alloc_take(s, c, 1);
-		if (r < 0)
-			return r;
-		host = c << s->cb;
-	}
-	s->comp_next = (host + alen) & (s->cs - 1) ? host + alen : 0;
-	qr->incr = true;
-	ents_need(qr, 1);
-	qr->l2i = l2i;
-	qr->nent = 1;
-	qr->ents[0] = Q2_OFLAG_COMPRESSED | ((alen / 512 - 1) << (62 - (s->cb - 8))) | host;
-	free_entry(qr, &e, s->pass_discard_other);
-	qr->chunk = chunk;
-	struct iovec *v = q2_iov_need(qr, 1);
-	v[0] = (struct iovec){cw->cbuf, alen};
-	qr->diovcnt = 1;
-	qr->dwrite = true;
-	qr->dhost = host;
-	qr->dlen = alen;
 	qr->st = ST_A_COW_READ_DONE;
 	return 1;
 }
@@ -842,15 +752,15 @@ int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unma
 	if (slot < 0 && (!zero || q2_reads_zero_unalloc(s, off)))
 		return 2;
 	if (qr->slot < 0 && !qr->newl2) {
-		r = mp_prepare_l2(qr, off);
+		r = q2_mp_prepare_l2(qr, off);
 		if (r <= 0)
 			return r;
 	}
-	uint8_t *tab = mp_tab(qr);
+	uint8_t *tab = q2_mp_tab(qr);
 	bool has_backing = s->backing != NULL;
 	bool changed = false;
 
-	ents_need(qr, n);
+	q2_ents_need(qr, n);
 	qr->l2i = l2i;
 	qr->nent = n;
 	for (uint64_t k = 0; k < n; k++) {
@@ -870,14 +780,14 @@ int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unma
 				ne = raw;
 			} else {
 				ne = Q2_OFLAG_ZERO;
-				free_entry(qr, &e, false);
+				q2_free_entry(qr, &e, false);
 			}
 		} else {
 			if (e.type == Q2_C_UNALLOC || e.type == Q2_C_ZERO_PLAIN) {
 				ne = raw;
 			} else {
 				ne = (has_backing && s->h.version >= 3) ? Q2_OFLAG_ZERO : 0;
-				free_entry(qr, &e, s->pass_discard_request);
+				q2_free_entry(qr, &e, s->pass_discard_request);
 			}
 		}
 		qr->ents[k] = ne;

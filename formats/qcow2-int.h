@@ -277,7 +277,21 @@ int q2_mp_step(struct q2_req *qr);
 bool q2_reads_zero_unalloc(struct q2 *s, uint64_t guest);
 int q2_cow_finish(struct q2_req *qr, struct q2_cow *cw);
 int q2_alloc_plan(struct q2_req *qr);
+/* qcow2-alloc.c: pieces of the allocation programs, shared with qcow2-sub.c [owner loop]. */
+int q2_mp_prepare_l2(struct q2_req *qr, uint64_t off);
+uint8_t *q2_mp_tab(struct q2_req *qr);
+void q2_ents_need(struct q2_req *qr, uint64_t n);
+void q2_free_entry(struct q2_req *qr, const struct q2_l2e *e, bool discard);
+void q2_cow_free(struct q2_req *qr);
+int q2_cow_read(struct q2_req *qr, struct q2_cow *cw);
+int q2_rb_create(struct q2_req *qr);
+/* qcow2-sub.c: compressed writes and writes to images with extended L2 entries [owner loop]:
+ * plan one cluster's program.  1 planned, 0 waiting, 2 (sub) writable in place now, -ENOSPC
+ * (comp) the cluster does not compress, <0 error. */
 int q2_comp_plan(struct q2_req *qr);
+int q2_sub_plan(struct q2_req *qr);
+bool q2_sub_in_place(struct q2 *s, int slot, uint64_t l2i, uint64_t inoff, uint64_t len,
+		     uint64_t *host);
 int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unmap);
 void q2_fp_run(struct q2_req *fq);
 

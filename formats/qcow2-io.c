@@ -458,6 +458,19 @@ static int write_step(struct q2_req *qr)
 			r = q2_l2_get(qr, off, &slot, &l1e);
 			if (r <= 0)
 				return r;
+			if (s->h.extl2) {
+				/* subclusters: one cluster at a time (qcow2-sub.c) */
+				uint64_t host;
+				chunk = rem < s->cs - inoff ? rem : s->cs - inoff;
+				if (slot < 0 || !q2_sub_in_place(s, slot, l2i, inoff, chunk, &host)) {
+					if (!q2_lock_take(qr))
+						return 0;
+					qr->st = ST_A_PLAN;
+					continue;
+				}
+				e.host = host;
+				goto in_place;
+			}
 			if (q2_l2_entry(s, slot, l2i, &e) < 0)
 				return -EIO;
 			if (q2_in_place(s, &e)) {
@@ -474,6 +487,7 @@ static int write_step(struct q2_req *qr)
 				chunk = (n << s->cb) - inoff;
 				if (chunk > rem)
 					chunk = rem;
+			in_place:;
 				const char *what = q2_meta_overlap(s, e.host + inoff, chunk);
 				if (what) {
 					q2_corrupt(s, e.host + inoff, chunk, true,
@@ -512,7 +526,9 @@ static int write_step(struct q2_req *qr)
 			qr->st = ST_W_NEXT;
 			continue;
 		case ST_A_PLAN: {
-			int r = qr->comp ? q2_comp_plan(qr) : q2_alloc_plan(qr);
+			int r = qr->comp	   ? q2_comp_plan(qr)
+				: s->h.extl2 ? q2_sub_plan(qr)
+					     : q2_alloc_plan(qr);
 			if (r == -ENOSPC && qr->comp) {
 				/* does not compress: this cluster is written as it is */
 				qr->comp = false;
@@ -789,7 +805,8 @@ static void start(struct q2_req *qr)
 		qr->st = ST_W_NEXT;
 		break;
 	case BD_OP_WRITE_ZEROES:
-		if (s->h.version < 3 || (s->broken)) {
+		if (s->h.version < 3 || s->h.extl2 || s->broken) {
+			/* extended L2: the core writes zeroes (through the subcluster path) */
 			finish(qr, s->broken ? -EIO : -ENOTSUP);
 			return;
 		}
@@ -798,6 +815,10 @@ static void start(struct q2_req *qr)
 	case BD_OP_DISCARD:
 		if (s->broken) {
 			finish(qr, -EIO);
+			return;
+		}
+		if (s->h.extl2) {
+			finish(qr, 0); /* advisory; not done at subcluster granularity yet */
 			return;
 		}
 		qr->st = ST_D_NEXT;

@@ -107,7 +107,7 @@ static int snapshot_refs(struct q2 *s, const uint64_t *l1, uint32_t l1_size, int
 				c1 = c0 + 1;
 			} else {
 				struct q2_l2e e;
-				if (q2_l2e_decode(q2_be64(l2 + 8 * k), s->cb, &e) < 0) {
+				if (q2_l2e_decode(q2_be64(l2 + s->esz * k), s->cb, &e) < 0) {
 					r = bd_err_set(err, -EIO, "Image is corrupt: invalid L2 entry");
 					break;
 				}

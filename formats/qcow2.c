@@ -418,10 +418,6 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	s->size = s->h.size;
 	s->l1_size = s->h.l1_size;
 
-	if (s->writable && s->h.extl2)
-		return bd_err_set(err, -ENOTSUP,
-				  "Images with extended L2 entries (subclusters) are supported "
-				  "read-only: open with read-only=on");
 	if (s->writable && (s->h.incompatible & Q2_INCOMPAT_CORRUPT))
 		return bd_err_set(err, -EACCES,
 				  "qcow2: Image is corrupt; cannot be opened read/write");
@@ -563,7 +559,7 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	limits->size = s->size;
 	limits->ops = BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_FLUSH) |
 		      BD_OP_BIT(BD_OP_BLOCK_STATUS) | BD_OP_BIT(BD_OP_DISCARD);
-	if (s->h.version >= 3)
+	if (s->h.version >= 3 && !s->h.extl2)
 		limits->ops |= BD_OP_BIT(BD_OP_WRITE_ZEROES);
 	limits->req_align = 1;
 	limits->buf_align = 1;
@@ -706,7 +702,7 @@ static int resize_frozen(struct q2 *s, uint64_t new_size, uint64_t need, struct 
 static int q2_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err)
 {
 	struct q2 *s = bd_node_priv(node);
-	uint64_t need = q2_l1_needed(new_size, s->cb);
+	uint64_t need = q2_l1_needed_ext(new_size, s->cb, s->h.extl2);
 	int r;
 
 	q2_freeze(s);
@@ -742,7 +738,8 @@ static int resize_frozen(struct q2 *s, uint64_t new_size, uint64_t need, struct 
 						  strerror(-r));
 			}
 			for (; c < (l1i + 1) * s->l2n && c < (s->size + s->cs - 1) >> s->cb; c++) {
-				if (q2_be64(l2 + 8 * (c % s->l2n))) {
+				const uint8_t *ent = l2 + s->esz * (c % s->l2n);
+				if (q2_be64(ent) || (s->esz == 16 && q2_be64(ent + 8))) {
 					free(l2);
 					return bd_err_set(err, -ENOTSUP,
 							  "Cannot shrink: data is allocated beyond the "
@@ -758,9 +755,9 @@ static int resize_frozen(struct q2 *s, uint64_t new_size, uint64_t need, struct 
 			uint64_t c = first_c - 1;
 			uint64_t l2off = s->l1[c / s->l2n] & Q2_OFFSET_MASK;
 			if (l2off) {
-				uint8_t e[8];
-				r = q2_sync_read(q2_fnode(s), l2off + 8 * (c % s->l2n), e, 8);
-				if (r < 0 || q2_be64(e))
+				uint8_t e[16] = {0};
+				r = q2_sync_read(q2_fnode(s), l2off + s->esz * (c % s->l2n), e, s->esz);
+				if (r < 0 || q2_be64(e) || q2_be64(e + 8))
 					return bd_err_set(err, -ENOTSUP,
 							  "Cannot shrink to a size inside an allocated "
 							  "cluster");
