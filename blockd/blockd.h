@@ -236,6 +236,7 @@ struct bd_extent {
 };
 
 struct bd_chan;
+struct bd_child;
 struct bd_node;
 struct bd_req;
 typedef void bd_req_cb(struct bd_req *req, int ret);
@@ -398,6 +399,10 @@ struct bd_driver {
 			       struct bd_err *err);
 	int (*snapshot_delete)(struct bd_node *node, const char *id, const char *name,
 			       json_t **info, struct bd_err *err);
+	/* [control] Optional: take child (the node an external snapshot puts under this one,
+	 * bd_child_node()) as the backing file, for blockdev-snapshot.  The node was opened
+	 * without a backing (backing: null) and is used by nobody yet.  0 or -errno. */
+	int (*attach_backing)(struct bd_node *node, struct bd_child *child, struct bd_err *err);
 };
 
 /* [any] Driver lookup in the table the build generates; NULL if unknown. */
@@ -422,7 +427,6 @@ struct bd_node_common {
 	enum bd_detect_zeroes detect_zeroes;
 };
 
-struct bd_child;
 
 /* [control] Open a node from an options tree (blockdev-add / --blockdev).  A top-level node must
  * have node-name; children opened inline get an automatic name.  opts is not consumed.  The new
@@ -485,6 +489,11 @@ int bd_node_snapshot_create(struct bd_node *node, const char *id, const char *na
 			    struct bd_err *err);
 int bd_node_snapshot_delete(struct bd_node *node, const char *id, const char *name,
 			    json_t **info, struct bd_err *err);
+/* [control] External snapshot (blockdev-snapshot): overlay (writable, unused, a driver with
+ * attach_backing) gets node as its backing file and takes node's place under every export and
+ * parent without stopping them: requests submitted to node go to overlay from now on (node
+ * stays in the graph, as overlay's backing).  Waits for the requests already inside node. */
+int bd_node_snapshot_external(struct bd_node *node, struct bd_node *overlay, struct bd_err *err);
 /* [control] The options the node was opened with (borrowed; marks cleared). */
 json_t *bd_node_options(struct bd_node *node);
 /* [control] Resize a node (block_resize).  0 or -errno. */

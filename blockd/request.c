@@ -727,6 +727,69 @@ void bd_req_complete(struct bd_req *req, int ret)
 	finish(req, ret);
 }
 
+/* ---- external snapshots: requests to a replaced node go to its overlay ---- */
+
+static int forward(struct bd_chan *ch, struct bd_req *req);
+
+static void fwd_done(struct bd_req *sub, int ret)
+{
+	struct bd_req *req = sub->opaque;
+
+	req->nr_extents = sub->nr_extents;
+	bd_req_put(sub);
+	req->chan->inflight--;
+	req->cb(req, ret);
+}
+
+static int forward(struct bd_chan *ch, struct bd_req *req)
+{
+	struct bd_node *node = ch->node;
+
+	req->chan = ch;
+	if (atomic_load_explicit(&node->fwd, memory_order_acquire) == 1) {
+		/* the switch is under way: wait for bd_chan_release_held() */
+		req->next = NULL;
+		if (ch->held_tail)
+			ch->held_tail->next = req;
+		else
+			ch->held_head = req;
+		ch->held_tail = req;
+		return 0;
+	}
+	struct bd_chan *tch = bd_node_chan(node->fwd_to, ch->loop);
+	struct bd_req *sub = bd_req_get(tch);
+	sub->op = req->op;
+	sub->flags = req->flags;
+	sub->offset = req->offset;
+	sub->len = req->len;
+	sub->iov = req->iov;
+	sub->iovcnt = req->iovcnt;
+	sub->extents = req->extents;
+	sub->max_extents = req->max_extents;
+	sub->cb = fwd_done;
+	sub->opaque = req;
+	int r = bd_submit(tch, sub);
+	if (r < 0) {
+		bd_req_put(sub);
+		return r;
+	}
+	ch->inflight++;
+	return 0;
+}
+
+void bd_chan_release_held(struct bd_chan *ch)
+{
+	struct bd_req *r = ch->held_head, *next;
+
+	ch->held_head = ch->held_tail = NULL;
+	for (; r; r = next) {
+		next = r->next;
+		int e = forward(ch, r);
+		if (e < 0)
+			r->cb(r, e);
+	}
+}
+
 /* ---- the public entry ---- */
 
 int bd_submit(struct bd_chan *ch, struct bd_req *req)
@@ -738,6 +801,8 @@ int bd_submit(struct bd_chan *ch, struct bd_req *req)
 	assert(bd_loop_current() == ch->loop);
 	if ((unsigned)req->op >= BD_OP__COUNT || !req->cb)
 		return -EINVAL;
+	if (!ch->inner && atomic_load_explicit(&node->fwd, memory_order_acquire))
+		return forward(ch, req);
 	if (req->op != BD_OP_FLUSH) {
 		if (req->offset > lim->size || req->len > lim->size - req->offset)
 			return -EINVAL;
