@@ -695,6 +695,23 @@ static void q2_close(struct bd_node *node)
 	q2_free_mem(s);
 }
 
+/* ---- blockdev-snapshot: the node an external snapshot puts under this one (control) ---- */
+
+static int q2_attach_backing(struct bd_node *node, struct bd_child *child, struct bd_err *err)
+{
+	struct q2 *s = bd_node_priv(node);
+
+	if (s->backing)
+		return bd_err_set(err, -EEXIST, "The overlay already has a backing image");
+	if (s->loaded_snap >= 0)
+		return bd_err_set(err, -EINVAL, "Node '%s' shows an internal snapshot",
+				  bd_node_name(node));
+	q2_freeze(s);
+	s->backing = child;
+	q2_thaw(s);
+	return 0;
+}
+
 /* ---- resize (control thread; requests held back by q2_freeze) ---- */
 
 static int resize_frozen(struct q2 *s, uint64_t new_size, uint64_t need, struct bd_err *err);
@@ -934,4 +951,5 @@ const struct bd_driver bd_drv_qcow2 = {
 	.create = q2_create,
 	.snapshot_create = q2_snapshot_create,
 	.snapshot_delete = q2_snapshot_delete,
+	.attach_backing = q2_attach_backing,
 };

@@ -1,6 +1,6 @@
 /*
  * cmd-block.c - node, export and NBD server commands: blockdev-add/-del/-reopen,
- * query-named-block-nodes, block_resize, blockdev-snapshot-internal-sync,
+ * query-named-block-nodes, block_resize, blockdev-snapshot, blockdev-snapshot-internal-sync,
  * blockdev-snapshot-delete-internal-sync, query-blockstats, block_set_io_throttle,
  * block-export-add/-del, query-block-exports, nbd-server-start/-stop.  [control]
  */
@@ -44,6 +44,12 @@ static const struct qmp_type t_blockdev_ref = {
 	.kind = QK_ALTERNATE,
 	.doc_name = "BlockdevRef",
 	.alts = (const struct qmp_type *const[]){&qmp_t_dict, &qmp_t_str, NULL}};
+
+/* "backing": null means none (QEMU's BlockdevRefOrNull). */
+static const struct qmp_type t_blockdev_ref_or_null = {
+	.kind = QK_ALTERNATE,
+	.doc_name = "BlockdevRefOrNull",
+	.alts = (const struct qmp_type *const[]){&qmp_t_dict, &qmp_t_str, &qmp_t_null, NULL}};
 
 static const struct qmp_member blockdev_base[] = {
 	{"driver", NULL, false, "the driver (docs/drivers.md)"},
@@ -120,7 +126,10 @@ static struct qmp_type *build_union(const char *doc_name, const char *tag,
 			if (skipped)
 				continue;
 			d->vmembers[i][j].name = o->name;
-			d->vmembers[i][j].type = qmp_opt_type(o, &d->vtypes[k++], &t_blockdev_ref);
+			d->vmembers[i][j].type =
+				qmp_opt_type(o, &d->vtypes[k++],
+					     strcmp(o->name, "backing") ? &t_blockdev_ref
+									: &t_blockdev_ref_or_null);
 			d->vmembers[i][j].optional = !o->required;
 			d->vmembers[i][j].help = o->help;
 			j++;
@@ -336,6 +345,22 @@ static int cmd_snapshot_delete_internal(struct qmp_req *req, json_t *args, struc
 	if (r == 0)
 		req->ret = info ? info : json_object();
 	return r;
+}
+
+/* ---- blockdev-snapshot (external) ---- */
+
+static int cmd_blockdev_snapshot(struct qmp_req *req, json_t *args, struct bd_err *err)
+{
+	const char *nn = json_string_value(json_object_get(args, "node"));
+	const char *ov = json_string_value(json_object_get(args, "overlay"));
+	struct bd_node *n = qmp_find_node(nn, nn, err), *o;
+
+	if (!n)
+		return err->code;
+	o = bd_graph_find(ov);
+	if (!o)
+		return bd_err_set(err, -ENOENT, "Cannot find device='%s' nor node-name='%s'", ov, ov);
+	return bd_node_snapshot_external(n, o, err);
 }
 
 /* ---- query-blockstats ---- */
@@ -762,6 +787,20 @@ const struct qmp_cmd qmp_cmds_block[] = {
 	 "Resize a node (growing a file, a raw window, null-co).  Works under an NBD export, "
 	 "unlike qemu-storage-daemon 7.2: connected clients keep the size they negotiated (NBD "
 	 "has no resize notice); new clients see the new size."},
+	{"blockdev-snapshot", cmd_blockdev_snapshot,
+	 &(const struct qmp_type){
+		 .kind = QK_OBJECT,
+		 .members = M({"node", &qmp_t_str, false, "the node to snapshot (its node-name)"},
+			      {"overlay", &qmp_t_str, false,
+			       "the overlay: a writable qcow2 node added with backing: null, used by "
+			       "nothing"})},
+	 NULL, 0,
+	 "External snapshot: the overlay gets the node as its backing file and takes its place "
+	 "under every export and parent node, without stopping them (new requests wait for the "
+	 "moment of the switch).  The node stays in the graph as the overlay's backing; its "
+	 "exports keep their name and id (query-block-exports still names the node).  The "
+	 "overlay's image should name the node's file as its backing file (qemu-img create -b), "
+	 "as with QEMU: the header is not rewritten."},
 	{"blockdev-snapshot-internal-sync", cmd_snapshot_internal,
 	 &(const struct qmp_type){
 		 .kind = QK_OBJECT,
