@@ -96,4 +96,29 @@ data = [(e["start"], e["start"] + e["length"]) for e in m if e["data"]]
 assert data == [(8192, 10240), (38912, 43008)], data
 EOF
 qemu-img check -q "$T/g.qcow2" || fail "granularity: check"
+# internal snapshots made by blockd on an extended-L2 image: writes after the snapshot copy the
+# shared clusters, deleting it frees them
+: "${BLOCKCTL:=${BUILD_DIR:-$(dirname "$BLOCKD")}/blockctl}"
+if [ -x "$BLOCKCTL" ]; then
+	qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k "$T/sn.qcow2" 4M
+	qemu-img create -q -f raw "$T/sn.ref" 4M
+	bd_start --control "$T/c-sn" --nbd-server addr.type=unix,addr.path="$T/s-sn" \
+		--blockdev "driver=qcow2,node-name=q,file.driver=file,file.filename=$T/sn.qcow2" \
+		--export type=nbd,id=e,node-name=q,writable=on
+	u=$(bd_nbd_unix_uri "$T/s-sn" q)
+	c1=(-c "write -q -P 0x51 1000 300k")
+	c2=(-c "write -q -P 0x52 5000 3000" -c "write -q -P 0x53 200k 1")
+	qemu-io -f raw "${c1[@]}" "$u" >/dev/null
+	"$BLOCKCTL" --socket "$T/c-sn" qmp blockdev-snapshot-internal-sync '{"device": "q", "name": "a"}' >/dev/null
+	qemu-io -f raw "${c2[@]}" "$u" >/dev/null
+	qemu-img convert -U -f qcow2 -l snapshot.name=a -O raw "$T/sn.qcow2" "$T/sn-a.raw"
+	"$BLOCKCTL" --socket "$T/c-sn" qmp blockdev-snapshot-delete-internal-sync '{"device": "q", "name": "a"}' >/dev/null
+	bd_stop
+	qemu-io -f raw "${c1[@]}" "$T/sn.ref" >/dev/null
+	cmp "$T/sn.ref" "$T/sn-a.raw" || fail "ext snapshot: the snapshot's data"
+	qemu-io -f raw "${c2[@]}" "$T/sn.ref" >/dev/null
+	chk=$(qemu-img check "$T/sn.qcow2" 2>&1) || fail "ext snapshot: qemu-img check: $chk"
+	assert_not_contains "$chk" "leaked"
+	qemu-img compare -q -f raw -F qcow2 "$T/sn.ref" "$T/sn.qcow2" || fail "ext snapshot: data differs"
+fi
 echo ok
