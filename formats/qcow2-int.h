@@ -168,6 +168,7 @@ struct q2_req {
 	int err;
 	int ret;
 	bool counted;
+	bool in_submit;      /* running inside q2_submit(): complete later */
 	bool waiting_lock;
 	bool comp;           /* this write range is planned compressed */
 	uint64_t comp_skip;  /* pos + 1 of a cluster that did not compress (written plainly) */

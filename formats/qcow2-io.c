@@ -178,7 +178,9 @@ static void finish(struct q2_req *qr, int ret)
 		s->active--;
 		q2_maybe_free(s);
 	}
-	if (qr->home == s->owner)
+	if (qr->home == s->owner && qr->in_submit)
+		bd_req_complete_later(qr->req, ret); /* finished inside q2_submit() */
+	else if (qr->home == s->owner)
 		bd_req_complete(qr->req, ret);
 	else if (bd_loop_send(qr->home, complete_msg, qr) < 0)
 		abort(); /* the completion must run exactly once */
@@ -1024,7 +1026,10 @@ int q2_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *req)
 	qr->slot = -1;
 	qr->st = ST_START;
 	if (owner == me) {
-		q2_wake(qr);
+		/* start at once (no deferred hop); a request that ends here completes later */
+		qr->in_submit = true;
+		run(qr);
+		qr->in_submit = false;
 		return 0;
 	}
 	return bd_loop_send(owner, start_msg, qr);
