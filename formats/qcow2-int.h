@@ -110,6 +110,7 @@ struct q2 {
 };
 
 #define Q2_MAX_EXTENTS_SUB 64
+#define Q2_MIN_SLOTS 16 /* L2 cache tables at least */
 
 struct q2_refs;
 
@@ -317,6 +318,14 @@ int q2_snapshot_create(struct bd_node *node, const char *id, const char *name,
 int q2_snapshot_delete(struct bd_node *node, const char *id, const char *name,
 		       json_t **info, struct bd_err *err);
 json_t *q2_snapinfo_json(const struct q2_snapinfo *sn);
+
+/* qcow2.c [control]: the writable part of open (also for a reopen to read-write); the room
+ * reserved in the file given back (close, reopen to read-only). */
+int q2_make_writable(struct q2 *s, bool has_lazy_opt, bool lazy_opt, uint64_t fsize,
+		     struct bd_err *err);
+void q2_give_back_room(struct q2 *s);
+/* qcow2-reopen.c: blockdev-reopen [control]. */
+int q2_reopen(struct bd_node *node, json_t *opts, struct bd_err *err);
 
 /* qcow2-create.c */
 int q2_create(struct bd_node *file, json_t *opts, struct bd_err *err);

@@ -29,7 +29,6 @@
 #include <unistd.h>
 
 #define Q2_DEFAULT_L2_CACHE (32u << 20)
-#define Q2_MIN_SLOTS 16
 
 /* ============================================================================================
  * Synchronous helpers (control thread)
@@ -319,6 +318,55 @@ static void q2_free_mem(struct q2 *s)
 	s->freeq = NULL;
 }
 
+/* [control] What a writable open (or a reopen to read-write) does: repair a dirty image, keep
+ * the bitmaps (marked in use), clear unknown autoclear bits, set the dirty bit for lazy
+ * refcounts, reserve room in the file.  s->writable is already true. */
+int q2_make_writable(struct q2 *s, bool has_lazy_opt, bool lazy_opt, uint64_t fsize,
+		     struct bd_err *err)
+{
+	int r;
+
+	bool hdr_dirty = false;
+	if (s->h.incompatible & Q2_INCOMPAT_DIRTY) {
+		r = q2_repair_refcounts(s, fsize, err);
+		if (r < 0)
+			return r;
+		s->h.incompatible &= ~Q2_INCOMPAT_DIRTY;
+		hdr_dirty = true;
+	}
+	/* Persistent bitmaps stay (consistent extension, every bitmap marked in_use:
+	 * "not synced", as QEMU marks them while it has the image open); unknown
+	 * autoclear features are cleared, the spec's rule for writers that do not
+	 * know them. */
+	uint64_t keep = 0;
+	if (s->h.has_bitmaps && (s->h.autoclear & Q2_AUTOCLEAR_BITMAPS)) {
+		r = q2_bitmaps_walk(s, fsize, NULL, err);
+		if (r < 0)
+			return r;
+		keep = Q2_AUTOCLEAR_BITMAPS;
+	}
+	if (s->h.autoclear != keep) {
+		s->h.autoclear = keep;
+		hdr_dirty = true;
+	}
+	bool want_lazy = has_lazy_opt ? lazy_opt
+				      : !!(s->h.compatible & Q2_COMPAT_LAZY_REFCOUNTS);
+	if (want_lazy && s->h.version >= 3) {
+		s->lazy = true;
+		s->h.incompatible |= Q2_INCOMPAT_DIRTY;
+		hdr_dirty = true;
+	}
+	if (hdr_dirty) {
+		r = q2_write_header_fixed(s, err);
+		if (r < 0)
+			return r;
+	}
+	r = q2_prepare_growth(s, err);
+	if (r < 0)
+		return r;
+	return 0;
+}
+
 static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 		   struct bd_err *err)
 {
@@ -480,42 +528,7 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	}
 
 	if (s->writable) {
-		bool hdr_dirty = false;
-		if (s->h.incompatible & Q2_INCOMPAT_DIRTY) {
-			r = q2_repair_refcounts(s, fsize, err);
-			if (r < 0)
-				goto fail;
-			s->h.incompatible &= ~Q2_INCOMPAT_DIRTY;
-			hdr_dirty = true;
-		}
-		/* Persistent bitmaps stay (consistent extension, every bitmap marked in_use:
-		 * "not synced", as QEMU marks them while it has the image open); unknown
-		 * autoclear features are cleared, the spec's rule for writers that do not
-		 * know them. */
-		uint64_t keep = 0;
-		if (s->h.has_bitmaps && (s->h.autoclear & Q2_AUTOCLEAR_BITMAPS)) {
-			r = q2_bitmaps_walk(s, fsize, NULL, err);
-			if (r < 0)
-				goto fail;
-			keep = Q2_AUTOCLEAR_BITMAPS;
-		}
-		if (s->h.autoclear != keep) {
-			s->h.autoclear = keep;
-			hdr_dirty = true;
-		}
-		bool want_lazy = has_lazy_opt ? lazy_opt
-					      : !!(s->h.compatible & Q2_COMPAT_LAZY_REFCOUNTS);
-		if (want_lazy && s->h.version >= 3) {
-			s->lazy = true;
-			s->h.incompatible |= Q2_INCOMPAT_DIRTY;
-			hdr_dirty = true;
-		}
-		if (hdr_dirty) {
-			r = q2_write_header_fixed(s, err);
-			if (r < 0)
-				goto fail;
-		}
-		r = q2_prepare_growth(s, err);
+		r = q2_make_writable(s, has_lazy_opt, lazy_opt, fsize, err);
 		if (r < 0)
 			goto fail;
 	}
@@ -669,6 +682,19 @@ void q2_apply_frees_sync(struct q2 *s)
 	q2_sync_flush(q2_fnode(s));
 }
 
+/* [control] Give back the room reserved at open (never below the original size). */
+void q2_give_back_room(struct q2 *s)
+{
+	struct bd_err err = {0};
+	uint64_t end = q2_alloc_end_cluster(s) << s->cb;
+
+	if (end < s->orig_file_size)
+		end = s->orig_file_size;
+	if (end < bd_node_size(q2_fnode(s)) && bd_node_limits(q2_fnode(s))->can_resize &&
+	    bd_node_resize(q2_fnode(s), end, &err) < 0)
+		bd_log(BD_LOG_WARN, "qcow2 '%s': %s", bd_node_name(s->node), err.msg);
+}
+
 static void q2_close(struct bd_node *node)
 {
 	struct q2 *s = bd_node_priv(node);
@@ -682,15 +708,7 @@ static void q2_close(struct bd_node *node)
 			if (q2_write_header_fixed(s, &err) < 0)
 				bd_log(BD_LOG_WARN, "qcow2 '%s': %s", bd_node_name(node), err.msg);
 		}
-		/* Give back the room reserved at open (never below the original size). */
-		uint64_t end = q2_alloc_end_cluster(s) << s->cb;
-		if (end < s->orig_file_size)
-			end = s->orig_file_size;
-		if (end < bd_node_size(q2_fnode(s)) && bd_node_limits(q2_fnode(s))->can_resize) {
-			bd_err_clear(&err);
-			if (bd_node_resize(q2_fnode(s), end, &err) < 0)
-				bd_log(BD_LOG_WARN, "qcow2 '%s': %s", bd_node_name(node), err.msg);
-		}
+		q2_give_back_room(s);
 	}
 	q2_free_mem(s);
 }
@@ -952,4 +970,5 @@ const struct bd_driver bd_drv_qcow2 = {
 	.snapshot_create = q2_snapshot_create,
 	.snapshot_delete = q2_snapshot_delete,
 	.attach_backing = q2_attach_backing,
+	.reopen = q2_reopen,
 };
