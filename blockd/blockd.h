@@ -216,6 +216,12 @@ enum bd_req_flags {
 	BD_REQ_MAY_UNMAP = 1u << 1,   /* write-zeroes: may deallocate */
 	BD_REQ_NO_FALLBACK = 1u << 2, /* write-zeroes: fail with -ENOTSUP rather than write zeroes */
 	BD_REQ_BS_ONE = 1u << 3,      /* block-status: one extent is enough */
+	/* write: store the data compressed (QEMU's BDRV_REQ_WRITE_COMPRESSED).  Only for nodes
+	 * with limits.compress_cluster; offset and length are whole units of it (the length may
+	 * end at the image's end instead).  The core checks this (-ENOTSUP, -EINVAL) and keeps
+	 * split chunks whole units; a driver may store a unit uncompressed when it does not
+	 * compress. */
+	BD_REQ_WRITE_COMPRESSED = 1u << 4,
 };
 
 /* Block status extent flags. */
@@ -230,6 +236,7 @@ struct bd_extent {
 };
 
 struct bd_chan;
+struct bd_child;
 struct bd_node;
 struct bd_req;
 typedef void bd_req_cb(struct bd_req *req, int ret);
@@ -318,6 +325,8 @@ struct bd_limits {
 				* the node read-only */
 	bool zeroes_unmap;     /* write-zeroes with MAY_UNMAP can deallocate */
 	bool can_resize;
+	uint32_t compress_cluster; /* > 0: takes BD_REQ_WRITE_COMPRESSED writes in units of this
+				    * many bytes (a power of two, a multiple of req_align) */
 };
 
 /* Option descriptor: validation, docs and the QMP schema come from these tables. */
@@ -378,6 +387,22 @@ struct bd_driver {
 	 * releases them at once between the two, so that a drain never waits for a bucket. */
 	void (*drain_begin)(struct bd_node *node);
 	void (*drain_end)(struct bd_node *node);
+	/* [control] Optional: internal snapshots (blockdev-snapshot-internal-sync and
+	 * -delete-internal-sync).  Called through bd_node_snapshot_*(), which has checked that
+	 * the node is writable.  The node is NOT drained (a busy export may never be idle): the
+	 * driver holds its own new requests back and waits for those in progress, then resumes
+	 * them.  create: id NULL lets the driver choose; -EEXIST for a duplicate id or name.
+	 * delete: the snapshot matching id and/or name (at least one given), -ENOENT if none;
+	 * *info gets its description (QEMU's SnapshotInfo members: id, name, vm-state-size,
+	 * date-sec, date-nsec, vm-clock-sec, vm-clock-nsec). */
+	int (*snapshot_create)(struct bd_node *node, const char *id, const char *name,
+			       struct bd_err *err);
+	int (*snapshot_delete)(struct bd_node *node, const char *id, const char *name,
+			       json_t **info, struct bd_err *err);
+	/* [control] Optional: take child (the node an external snapshot puts under this one,
+	 * bd_child_node()) as the backing file, for blockdev-snapshot.  The node was opened
+	 * without a backing (backing: null) and is used by nobody yet.  0 or -errno. */
+	int (*attach_backing)(struct bd_node *node, struct bd_child *child, struct bd_err *err);
 };
 
 /* [any] Driver lookup in the table the build generates; NULL if unknown. */
@@ -402,7 +427,6 @@ struct bd_node_common {
 	enum bd_detect_zeroes detect_zeroes;
 };
 
-struct bd_child;
 
 /* [control] Open a node from an options tree (blockdev-add / --blockdev).  A top-level node must
  * have node-name; children opened inline get an automatic name.  opts is not consumed.  The new
@@ -459,6 +483,17 @@ void bd_node_drain(struct bd_node *node);
  * node-name).  Drains the node, lets the driver apply its options, then the core's.  A change
  * of read-only needs the driver's reopen().  0 or -errno (the node is unchanged on error). */
 int bd_node_reopen(struct bd_node *node, json_t *opts, struct bd_err *err);
+/* [control] Internal snapshots: the driver's snapshot ops after the core's checks (the driver
+ * has the op, the node is writable); messages as QEMU's.  delete: *info as the op's. */
+int bd_node_snapshot_create(struct bd_node *node, const char *id, const char *name,
+			    struct bd_err *err);
+int bd_node_snapshot_delete(struct bd_node *node, const char *id, const char *name,
+			    json_t **info, struct bd_err *err);
+/* [control] External snapshot (blockdev-snapshot): overlay (writable, unused, a driver with
+ * attach_backing) gets node as its backing file and takes node's place under every export and
+ * parent without stopping them: requests submitted to node go to overlay from now on (node
+ * stays in the graph, as overlay's backing).  Waits for the requests already inside node. */
+int bd_node_snapshot_external(struct bd_node *node, struct bd_node *overlay, struct bd_err *err);
 /* [control] The options the node was opened with (borrowed; marks cleared). */
 json_t *bd_node_options(struct bd_node *node);
 /* [control] Resize a node (block_resize).  0 or -errno. */

@@ -38,6 +38,7 @@ struct bd_child {
 	struct bd_node *parent;
 	char name[32];
 	struct bd_child *next;
+	bool inner; /* an overlay's link to the node it replaced: uses its inner channels */
 };
 
 /* In-flight read-modify-write ranges of a node (unaligned writes under O_DIRECT). */
@@ -65,6 +66,13 @@ struct bd_node {
 	struct bd_rmw_range *rmw_list;
 	struct bd_node *next; /* the graph's list */
 	bool closing;
+	/* External snapshot (bd_node_snapshot_external): requests on the node's channels go to
+	 * the overlay that replaced it (fwd 2) or wait for the switch (fwd 1); the overlay reaches
+	 * the node itself through inner channels. */
+	atomic_int fwd;
+	struct bd_node *fwd_to;   /* the overlay */
+	struct bd_node *fwd_from; /* on the overlay: the node it replaced */
+	struct bd_chan *inner_chans[BD_MAX_LOOPS];
 };
 
 struct bd_chan {
@@ -78,10 +86,14 @@ struct bd_chan {
 	struct bd_node_stats stats;
 	uint64_t last_io_error_ns; /* BLOCK_IO_ERROR rate limit */
 	void *priv;
+	bool inner;                            /* not forwarded (see bd_node.fwd) */
+	struct bd_req *held_head, *held_tail; /* waiting for an external snapshot's switch */
 };
 
 /* request.c */
 void bd_chan_free_all(struct bd_chan *ch);
+/* [loop] Forward the requests held during an external snapshot's switch. */
+void bd_chan_release_held(struct bd_chan *ch);
 
 /* node.c */
 void bd_graph_close_all(void);

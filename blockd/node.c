@@ -134,8 +134,33 @@ struct bd_chan *bd_node_chan(struct bd_node *node, struct bd_loop *loop)
 	return ch;
 }
 
+/* [loop] The node's own channel for an overlay that replaced it (never forwarded). */
+static struct bd_chan *inner_chan(struct bd_node *node, struct bd_loop *loop)
+{
+	unsigned idx = bd_loop_index(loop);
+	struct bd_chan *ch = node->inner_chans[idx];
+
+	if (ch)
+		return ch;
+	ch = calloc(1, sizeof(*ch) + node->drv->chan_size);
+	if (!ch)
+		abort();
+	bd_loop_mark_used(loop);
+	ch->node = node;
+	ch->loop = loop;
+	ch->inner = true;
+	ch->priv = node->drv->chan_size ? (void *)(ch + 1) : NULL;
+	if (node->drv->chan_open && node->drv->chan_open(node, ch) < 0)
+		bd_log(BD_LOG_ERROR, "node '%s': cannot open a channel on loop %s", node->name,
+		       bd_loop_name(loop));
+	node->inner_chans[idx] = ch;
+	return ch;
+}
+
 struct bd_chan *bd_child_chan(struct bd_child *child, struct bd_chan *ch)
 {
+	if (child->inner)
+		return inner_chan(child->node, ch->loop);
 	return bd_node_chan(child->node, ch->loop);
 }
 
@@ -154,8 +179,10 @@ static void chan_close_on_loop(void *arg)
 
 static void close_channels(struct bd_node *node)
 {
-	for (unsigned i = 0; i < BD_MAX_LOOPS; i++) {
-		struct bd_chan *ch = node->chans[i];
+	for (unsigned i = 0; i < 2 * BD_MAX_LOOPS; i++) {
+		struct bd_chan **slot =
+			i < BD_MAX_LOOPS ? &node->chans[i] : &node->inner_chans[i - BD_MAX_LOOPS];
+		struct bd_chan *ch = *slot;
 		if (!ch)
 			continue;
 		struct chan_close_ctx c = {node, ch};
@@ -164,7 +191,7 @@ static void close_channels(struct bd_node *node)
 		else
 			bd_loop_call(ch->loop, chan_close_on_loop, &c);
 		free(ch);
-		node->chans[i] = NULL;
+		*slot = NULL;
 	}
 }
 
@@ -196,11 +223,13 @@ static void read_chan(struct bd_chan *ch, struct inflight_ctx *c)
 static uint64_t node_inflight(struct bd_node *node)
 {
 	uint64_t n = 0;
-	for (unsigned i = 0; i < BD_MAX_LOOPS; i++) {
+	for (unsigned i = 0; i < 2 * BD_MAX_LOOPS; i++) {
+		struct bd_chan *ch =
+			i < BD_MAX_LOOPS ? node->chans[i] : node->inner_chans[i - BD_MAX_LOOPS];
 		struct inflight_ctx c;
-		if (!node->chans[i])
+		if (!ch)
 			continue;
-		read_chan(node->chans[i], &c);
+		read_chan(ch, &c);
 		n += c.n;
 	}
 	return n;
@@ -293,6 +322,11 @@ static void node_close(struct bd_node *node)
 {
 	node->closing = true;
 	bd_node_drain(node);
+	if (node->fwd_from) {
+		/* the node this overlay replaced is itself again (it has no other users) */
+		atomic_store(&node->fwd_from->fwd, 0);
+		node->fwd_from->fwd_to = NULL;
+	}
 	close_channels(node);
 	if (node->drv->close)
 		node->drv->close(node);
@@ -340,6 +374,13 @@ int bd_graph_del(const char *node_name, struct bd_err *err)
 	if (node->parents)
 		return bd_err_set(err, -EBUSY, "Node '%s' is busy: node is used as a child",
 				  node_name);
+	/* An overlay that replaced a node: while the node has users besides the overlay (and
+	 * the graph), they reach the overlay through it. */
+	if (node->fwd_from &&
+	    (node->fwd_from->parents > 1 || atomic_load(&node->fwd_from->refcnt) > 2))
+		return bd_err_set(err, -EBUSY,
+				  "Node '%s' is busy: it replaced node '%s' under its users",
+				  node_name, node->fwd_from->name);
 	if (atomic_load(&node->refcnt) > 1)
 		return bd_err_set(err, -EBUSY,
 				  "Node '%s' is busy: block device is in use by an export",
@@ -772,6 +813,108 @@ int bd_node_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err)
 	node->limits.size = new_size;
 	for (struct bd_node_watch *w = node->watches; w; w = w->next)
 		w->resized(w, new_size);
+	return 0;
+}
+
+/* ---- internal snapshots ---- */
+
+static int snapshot_check(struct bd_node *node, bool has_op, struct bd_err *err)
+{
+	if (!has_op)
+		return bd_err_set(err, -ENOTSUP,
+				  "Block format '%s' used by device '%s' does not support internal "
+				  "snapshots",
+				  node->drv->name, node->name);
+	if (node->common.read_only)
+		return bd_err_set(err, -EPERM, "Device '%s' is read only", node->name);
+	return 0;
+}
+
+int bd_node_snapshot_create(struct bd_node *node, const char *id, const char *name,
+			    struct bd_err *err)
+{
+	int r = snapshot_check(node, node->drv->snapshot_create != NULL, err);
+	if (r < 0)
+		return r;
+	return node->drv->snapshot_create(node, id, name, err);
+}
+
+int bd_node_snapshot_delete(struct bd_node *node, const char *id, const char *name,
+			    json_t **info, struct bd_err *err)
+{
+	int r = snapshot_check(node, node->drv->snapshot_delete != NULL, err);
+	if (r < 0)
+		return r;
+	*info = NULL;
+	return node->drv->snapshot_delete(node, id, name, info, err);
+}
+
+/* ---- external snapshots: an overlay replaces a node under its users ----
+ *
+ * The overlay gets the node as its backing child (an "inner" link), then the node's channels
+ * start forwarding: every request that its users (exports, parents) submit to it goes to the
+ * overlay instead.  The switch: hold new requests on the node's channels, drain what is
+ * already inside the node, forward, release the held requests.  A write in flight in the node
+ * therefore always completes before the overlay can copy that cluster up. */
+
+static void release_on_loop(void *arg)
+{
+	bd_chan_release_held(arg);
+}
+
+int bd_node_snapshot_external(struct bd_node *node, struct bd_node *overlay, struct bd_err *err)
+{
+	int r;
+
+	if (overlay == node)
+		return bd_err_set(err, -EINVAL, "The overlay and the node are the same");
+	if (!overlay->drv->attach_backing)
+		return bd_err_set(err, -ENOTSUP, "Driver '%s' of node '%s' has no backing file",
+				  overlay->drv->name, overlay->name);
+	if (bd_node_in_use(overlay) || overlay->fwd_from || atomic_load(&overlay->fwd))
+		return bd_err_set(err, -EBUSY, "The overlay is already in use");
+	if (overlay->common.read_only)
+		return bd_err_set(err, -EPERM, "The overlay '%s' is read-only", overlay->name);
+	if (atomic_load(&node->fwd))
+		return bd_err_set(err, -EBUSY,
+				  "Node '%s' already has an overlay ('%s'): snapshot that instead",
+				  node->name, node->fwd_to->name);
+	if (node->auto_named)
+		return bd_err_set(err, -EINVAL, "Node '%s' has no node-name of its own", node->name);
+
+	struct bd_child *child = calloc(1, sizeof(*child));
+	if (!child)
+		abort();
+	child->node = node;
+	child->parent = overlay;
+	child->inner = true;
+	snprintf(child->name, sizeof(child->name), "backing");
+	r = overlay->drv->attach_backing(overlay, child, err);
+	if (r < 0) {
+		free(child);
+		return r;
+	}
+	child->next = overlay->children;
+	overlay->children = child;
+	node->parents++;
+	bd_node_ref(node);
+	overlay->fwd_from = node;
+	node->fwd_to = overlay;
+
+	atomic_store_explicit(&node->fwd, 1, memory_order_release); /* hold */
+	bd_node_drain(node);
+	atomic_store_explicit(&node->fwd, 2, memory_order_release); /* forward */
+	for (unsigned i = 0; i < BD_MAX_LOOPS; i++) {
+		struct bd_chan *ch = node->chans[i];
+		if (!ch)
+			continue;
+		if (ch->loop == bd_loop_current())
+			release_on_loop(ch);
+		else
+			bd_loop_call(ch->loop, release_on_loop, ch);
+	}
+	bd_log(BD_LOG_INFO, "node '%s' is now the active layer over '%s'", overlay->name,
+	       node->name);
 	return 0;
 }
 

@@ -13,7 +13,8 @@
  *   - detect-zeroes: an all-zero WRITE becomes WRITE_ZEROES;
  *   - unaligned offsets/lengths: bounce buffers, and read-modify-write for writes (serialised
  *     per node against other read-modify-writes, see rmw_* below);
- *   - requests above max_transfer / max_discard: split into a window of sub-requests.
+ *   - requests above max_transfer / max_discard: split into a window of sub-requests;
+ *   - BD_REQ_WRITE_COMPRESSED: checked against limits.compress_cluster, kept in whole units.
  * Sub-requests come from the same channel and pass through process() again, so each step only
  * handles one concern.
  */
@@ -305,6 +306,10 @@ static void chunk_pump(struct bd_req *parent, bool in_submit)
 		/* keep chunks aligned so that they do not each need a read-modify-write */
 		if (max < len && lim->req_align > 1 && max >= lim->req_align)
 			max = align_down(max, lim->req_align);
+		/* and compressed writes in whole units */
+		if (max < len && (sub->flags & BD_REQ_WRITE_COMPRESSED) &&
+		    max >= lim->compress_cluster)
+			max = align_down(max, lim->compress_cluster);
 		if (len > max)
 			len = max;
 		sub->offset = parent->next_off;
@@ -429,7 +434,7 @@ static struct bd_req *bounce_sub(struct bd_req *req, enum bd_op op, uint64_t off
 	sub->len = len;
 	sub->iov = &req->bounce_iov;
 	sub->iovcnt = 1;
-	sub->flags = op == BD_OP_WRITE ? (req->flags & BD_REQ_FUA) : 0;
+	sub->flags = op == BD_OP_WRITE ? (req->flags & (BD_REQ_FUA | BD_REQ_WRITE_COMPRESSED)) : 0;
 	sub->cb = bounce_sub_done;
 	sub->opaque = req;
 	sub->parent = req;
@@ -722,6 +727,69 @@ void bd_req_complete(struct bd_req *req, int ret)
 	finish(req, ret);
 }
 
+/* ---- external snapshots: requests to a replaced node go to its overlay ---- */
+
+static int forward(struct bd_chan *ch, struct bd_req *req);
+
+static void fwd_done(struct bd_req *sub, int ret)
+{
+	struct bd_req *req = sub->opaque;
+
+	req->nr_extents = sub->nr_extents;
+	bd_req_put(sub);
+	req->chan->inflight--;
+	req->cb(req, ret);
+}
+
+static int forward(struct bd_chan *ch, struct bd_req *req)
+{
+	struct bd_node *node = ch->node;
+
+	req->chan = ch;
+	if (atomic_load_explicit(&node->fwd, memory_order_acquire) == 1) {
+		/* the switch is under way: wait for bd_chan_release_held() */
+		req->next = NULL;
+		if (ch->held_tail)
+			ch->held_tail->next = req;
+		else
+			ch->held_head = req;
+		ch->held_tail = req;
+		return 0;
+	}
+	struct bd_chan *tch = bd_node_chan(node->fwd_to, ch->loop);
+	struct bd_req *sub = bd_req_get(tch);
+	sub->op = req->op;
+	sub->flags = req->flags;
+	sub->offset = req->offset;
+	sub->len = req->len;
+	sub->iov = req->iov;
+	sub->iovcnt = req->iovcnt;
+	sub->extents = req->extents;
+	sub->max_extents = req->max_extents;
+	sub->cb = fwd_done;
+	sub->opaque = req;
+	int r = bd_submit(tch, sub);
+	if (r < 0) {
+		bd_req_put(sub);
+		return r;
+	}
+	ch->inflight++;
+	return 0;
+}
+
+void bd_chan_release_held(struct bd_chan *ch)
+{
+	struct bd_req *r = ch->held_head, *next;
+
+	ch->held_head = ch->held_tail = NULL;
+	for (; r; r = next) {
+		next = r->next;
+		int e = forward(ch, r);
+		if (e < 0)
+			r->cb(r, e);
+	}
+}
+
 /* ---- the public entry ---- */
 
 int bd_submit(struct bd_chan *ch, struct bd_req *req)
@@ -733,12 +801,22 @@ int bd_submit(struct bd_chan *ch, struct bd_req *req)
 	assert(bd_loop_current() == ch->loop);
 	if ((unsigned)req->op >= BD_OP__COUNT || !req->cb)
 		return -EINVAL;
+	if (!ch->inner && atomic_load_explicit(&node->fwd, memory_order_acquire))
+		return forward(ch, req);
 	if (req->op != BD_OP_FLUSH) {
 		if (req->offset > lim->size || req->len > lim->size - req->offset)
 			return -EINVAL;
 	}
 	if (is_write_op(req->op) && node->common.read_only)
 		return -EPERM;
+	if (req->flags & BD_REQ_WRITE_COMPRESSED) {
+		uint64_t u = lim->compress_cluster;
+		if (req->op != BD_OP_WRITE || !u)
+			return -ENOTSUP;
+		if ((req->offset & (u - 1)) ||
+		    ((req->len & (u - 1)) && req->offset + req->len != lim->size))
+			return -EINVAL;
+	}
 	if (req->op == BD_OP_READ || req->op == BD_OP_WRITE) {
 		if (bd_iov_size(req->iov, req->iovcnt) != req->len)
 			return -EINVAL;

@@ -25,7 +25,6 @@
 #define Q2_MAX_RUN_CLUSTERS 512      /* clusters per allocation program */
 #define Q2_FREE_BARRIER 4096         /* pending frees before new requests wait */
 
-static void cow_free(struct q2_req *qr);
 
 /* ============================================================================================
  * In-memory refcounts
@@ -74,6 +73,8 @@ int q2_rc_set(struct q2 *s, uint64_t ci, uint64_t v)
 	if (ret < 0)
 		return ret;
 	rbd_mark(s, r, lo, hi);
+	if (v == 0 && s->comp_next && ci == s->comp_next >> s->cb)
+		s->comp_next = 0; /* freed: compressed clusters are no longer packed there */
 	return 0;
 }
 
@@ -109,6 +110,17 @@ const char *q2_meta_overlap(struct q2 *s, uint64_t off, uint64_t len)
 /* ---- the metadata lock and pending frees ---- */
 
 static void fp_start(struct q2 *s);
+
+void q2_wake_stalled(struct q2 *s)
+{
+	struct q2_req *w = s->stalled, *next;
+
+	s->stalled = NULL;
+	for (; w; w = next) {
+		next = w->next;
+		q2_wake(w);
+	}
+}
 
 bool q2_lock_take(struct q2_req *qr)
 {
@@ -250,7 +262,7 @@ int q2_alloc_take(struct q2 *s, uint64_t c, uint64_t n)
 }
 
 /* Start creating refcount block qr->rb_idx; the program returns to qr->rb_ret. */
-static int rb_create(struct q2_req *qr)
+int q2_rb_create(struct q2_req *qr)
 {
 	struct q2 *s = qr->s;
 	uint64_t r = qr->rb_idx;
@@ -300,10 +312,13 @@ static void write_rb_dirty(struct q2_req *qr)
 
 /* ---- the metadata program (lock held, qr->slot pinned or qr->newl2 set) ---- */
 
+/* qr->ents holds esz / 8 words per entry (extended L2 entries: the entry, then the bitmap). */
 static void mp_set_entries(struct q2 *s, uint8_t *tab, struct q2_req *qr)
 {
+	uint32_t w = s->esz / 8;
 	for (uint64_t k = 0; k < qr->nent; k++)
-		q2_put_be64(tab + 8 * (qr->l2i + k), qr->ents[k]);
+		for (uint32_t j = 0; j < w; j++)
+			q2_put_be64(tab + s->esz * (qr->l2i + k) + 8 * j, qr->ents[k * w + j]);
 }
 
 int q2_mp_step(struct q2_req *qr)
@@ -380,8 +395,8 @@ int q2_mp_step(struct q2_req *qr)
 				  v, 1, 0);
 		} else {
 			uint8_t *tab = s->slots[qr->slot].tab;
-			uint64_t lo = (qr->l2i * 8) & ~511ull;
-			uint64_t hi = ((qr->l2i + qr->nent) * 8 + 511) & ~511ull;
+			uint64_t lo = (qr->l2i * s->esz) & ~511ull;
+			uint64_t hi = ((qr->l2i + qr->nent) * s->esz + 511) & ~511ull;
 			mp_set_entries(s, tab, qr);
 			v[0].iov_base = tab + lo;
 			v[0].iov_len = hi - lo;
@@ -407,7 +422,7 @@ int q2_mp_step(struct q2_req *qr)
 		}
 		free(qr->newtab);
 		qr->newtab = NULL;
-		cow_free(qr);
+		q2_cow_free(qr);
 		qr->newl2 = qr->oldl2 = 0;
 		qr->nent = 0;
 		qr->dwrite = false;
@@ -421,7 +436,7 @@ int q2_mp_step(struct q2_req *qr)
 /* Prepare the L2 side of a program for guest offset off: pin the cached table, or allocate a
  * new one (empty, or a copy of a shared one).  Returns 1 ready, 0 waiting (state unchanged),
  * <0 error. */
-static int mp_prepare_l2(struct q2_req *qr, uint64_t off)
+int q2_mp_prepare_l2(struct q2_req *qr, uint64_t off)
 {
 	struct q2 *s = qr->s;
 	uint64_t l1e;
@@ -444,7 +459,7 @@ static int mp_prepare_l2(struct q2_req *qr, uint64_t off)
 	if (r == 0) {
 		qr->rb_idx = need;
 		qr->rb_ret = qr->st;
-		r = rb_create(qr);
+		r = q2_rb_create(qr);
 		return r < 0 ? r : 0;
 	}
 	r = q2_alloc_take(s, c, 1);
@@ -467,12 +482,12 @@ static int mp_prepare_l2(struct q2_req *qr, uint64_t off)
 }
 
 /* The table the program changes: the new one, or the cached one. */
-static uint8_t *mp_tab(struct q2_req *qr)
+uint8_t *q2_mp_tab(struct q2_req *qr)
 {
 	return qr->newl2 ? qr->newtab : qr->s->slots[qr->slot].tab;
 }
 
-static void ents_need(struct q2_req *qr, uint64_t n)
+void q2_ents_need(struct q2_req *qr, uint64_t n)
 {
 	if (n > qr->entcap) {
 		qr->entcap = n;
@@ -483,7 +498,7 @@ static void ents_need(struct q2_req *qr, uint64_t n)
 }
 
 /* The clusters an entry references lose a reference when it is replaced. */
-static void free_entry(struct q2_req *qr, const struct q2_l2e *e, bool discard)
+void q2_free_entry(struct q2_req *qr, const struct q2_l2e *e, bool discard)
 {
 	if (e->type == Q2_C_NORMAL || e->type == Q2_C_ZERO_ALLOC)
 		q2_add_free(qr, e->host, qr->s->cs, discard);
@@ -498,7 +513,7 @@ bool q2_reads_zero_unalloc(struct q2 *s, uint64_t guest)
 	return !s->backing || guest >= bd_node_size(bd_child_node(s->backing));
 }
 
-static void cow_free(struct q2_req *qr)
+void q2_cow_free(struct q2_req *qr)
 {
 	for (int i = 0; i < 2; i++) {
 		free(qr->cow[i].buf);
@@ -508,7 +523,7 @@ static void cow_free(struct q2_req *qr)
 }
 
 /* Read the old contents of a cluster for copy-on-write into cow->buf. */
-static int cow_read(struct q2_req *qr, struct q2_cow *cw)
+int q2_cow_read(struct q2_req *qr, struct q2_cow *cw)
 {
 	struct q2 *s = qr->s;
 	struct iovec *v = malloc(sizeof(*v));
@@ -608,17 +623,19 @@ int q2_alloc_plan(struct q2_req *qr)
 	int r;
 
 	if (qr->slot < 0 && !qr->newl2) {
-		r = mp_prepare_l2(qr, off);
+		r = q2_mp_prepare_l2(qr, off);
 		if (r <= 0)
 			return r;
 	}
-	uint8_t *tab = mp_tab(qr);
+	uint8_t *tab = q2_mp_tab(qr);
 	/* Clusters to allocate: from l2i on, while they cannot be written in place. */
 	want = (inoff + rem + s->cs - 1) >> s->cb;
 	if (want > s->l2n - l2i)
 		want = s->l2n - l2i;
 	if (want > Q2_MAX_RUN_CLUSTERS)
 		want = Q2_MAX_RUN_CLUSTERS;
+	if (qr->comp_skip == qr->pos + 1)
+		want = 1; /* a compressed write's cluster that did not compress: only that one */
 	for (n = 0; n < want; n++) {
 		struct q2_l2e e;
 		if (q2_l2e_decode(q2_be64(tab + 8 * (l2i + n)), s->cb, &e) < 0) {
@@ -647,7 +664,7 @@ int q2_alloc_plan(struct q2_req *qr)
 	if (r == 0) {
 		qr->rb_idx = need;
 		qr->rb_ret = ST_A_PLAN;
-		r = rb_create(qr);
+		r = q2_rb_create(qr);
 		return r < 0 ? r : 0;
 	}
 	r = q2_alloc_take(s, c, got);
@@ -657,14 +674,14 @@ int q2_alloc_plan(struct q2_req *qr)
 	qr->incr = true;
 
 	/* Entries and frees. */
-	ents_need(qr, n);
+	q2_ents_need(qr, n);
 	qr->l2i = l2i;
 	qr->nent = n;
 	for (uint64_t k = 0; k < n; k++) {
 		struct q2_l2e e;
 		q2_l2e_decode(q2_be64(tab + 8 * (l2i + k)), s->cb, &e);
 		qr->ents[k] = ((c + k) << s->cb) | Q2_OFLAG_COPIED;
-		free_entry(qr, &e, s->pass_discard_other);
+		q2_free_entry(qr, &e, s->pass_discard_other);
 	}
 
 	/* The guest range written: [off, off+chunk). */
@@ -675,7 +692,7 @@ int q2_alloc_plan(struct q2_req *qr)
 	uint64_t tail = (n << s->cb) - inoff - chunk;
 
 	/* Copy-on-write of the head of the first and the tail of the last cluster. */
-	cow_free(qr);
+	q2_cow_free(qr);
 	for (int i = 0; i < 2; i++) {
 		uint64_t k = i == 0 ? 0 : n - 1;
 		struct q2_cow *cw = &qr->cow[i];
@@ -694,7 +711,7 @@ int q2_alloc_plan(struct q2_req *qr)
 		cw->guest = (off & ~(s->cs - 1)) + (k << s->cb);
 		if (e.type == Q2_C_UNALLOC && q2_reads_zero_unalloc(s, cw->guest))
 			cw->type = Q2_C_ZERO_PLAIN;
-		r = cow_read(qr, cw);
+		r = q2_cow_read(qr, cw);
 		if (r < 0)
 			return r;
 	}
@@ -735,15 +752,15 @@ int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unma
 	if (slot < 0 && (!zero || q2_reads_zero_unalloc(s, off)))
 		return 2;
 	if (qr->slot < 0 && !qr->newl2) {
-		r = mp_prepare_l2(qr, off);
+		r = q2_mp_prepare_l2(qr, off);
 		if (r <= 0)
 			return r;
 	}
-	uint8_t *tab = mp_tab(qr);
+	uint8_t *tab = q2_mp_tab(qr);
 	bool has_backing = s->backing != NULL;
 	bool changed = false;
 
-	ents_need(qr, n);
+	q2_ents_need(qr, n);
 	qr->l2i = l2i;
 	qr->nent = n;
 	for (uint64_t k = 0; k < n; k++) {
@@ -763,14 +780,14 @@ int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unma
 				ne = raw;
 			} else {
 				ne = Q2_OFLAG_ZERO;
-				free_entry(qr, &e, false);
+				q2_free_entry(qr, &e, false);
 			}
 		} else {
 			if (e.type == Q2_C_UNALLOC || e.type == Q2_C_ZERO_PLAIN) {
 				ne = raw;
 			} else {
 				ne = (has_backing && s->h.version >= 3) ? Q2_OFLAG_ZERO : 0;
-				free_entry(qr, &e, s->pass_discard_request);
+				q2_free_entry(qr, &e, s->pass_discard_request);
 			}
 		}
 		qr->ents[k] = ne;
@@ -857,12 +874,8 @@ void q2_fp_run(struct q2_req *fq)
 		s->lock_owner = NULL;
 		if (s->nfrees <= Q2_FREE_BARRIER && s->barrier) {
 			s->barrier = false;
-			struct q2_req *w = s->stalled, *next;
-			s->stalled = NULL;
-			for (; w; w = next) {
-				next = w->next;
-				q2_wake(w);
-			}
+			if (!s->frozen)
+				q2_wake_stalled(s);
 		}
 		q2_lock_release(s);
 		return;

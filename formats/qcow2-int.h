@@ -93,9 +93,13 @@ struct q2 {
 	struct q2_free *frees;
 	unsigned nfrees, frees_cap;
 	bool barrier;    /* too many pending frees: new requests wait */
+	bool frozen;     /* q2_freeze(): new requests wait (control-thread metadata work) */
 	struct q2_req *stalled;
 	struct q2_req *freeq; /* the free program's pseudo request */
 	atomic_bool free_running;
+
+	/* Compressed writes: where the next one may be packed (0 = start a new cluster). */
+	uint64_t comp_next;
 
 	/* One decompressed cluster. */
 	uint64_t dc_off; /* host offset of the cached compressed cluster, 0 = none */
@@ -106,6 +110,7 @@ struct q2 {
 };
 
 #define Q2_MAX_EXTENTS_SUB 64
+#define Q2_MIN_SLOTS 16 /* L2 cache tables at least */
 
 struct q2_refs;
 
@@ -164,7 +169,10 @@ struct q2_req {
 	int err;
 	int ret;
 	bool counted;
+	bool in_submit;      /* running inside q2_submit(): complete later */
 	bool waiting_lock;
+	bool comp;           /* this write range is planned compressed */
+	uint64_t comp_skip;  /* pos + 1 of a cluster that did not compress (written plainly) */
 	struct q2_req *next;
 
 	uint64_t pos;  /* bytes of the request done */
@@ -229,6 +237,13 @@ void q2_corrupt(struct q2 *s, uint64_t off, uint64_t size, bool fatal, const cha
 	__attribute__((format(printf, 5, 6)));
 /* qcow2.c [control]: wait for a running free program to end; apply pending frees synchronously. */
 void q2_quiesce(struct q2 *s);
+/* [control] Hold new requests back (they wait in s->stalled) and wait until none is in
+ * progress and the free program is idle; q2_thaw() lets them go.  For metadata changes on the
+ * control thread while exports keep submitting (snapshots, resize). */
+void q2_freeze(struct q2 *s);
+void q2_thaw(struct q2 *s);
+/* [owner loop] Restart the requests waiting in s->stalled. */
+void q2_wake_stalled(struct q2 *s);
 void q2_apply_frees_sync(struct q2 *s);
 
 /* qcow2-io.c: the request engine [owner loop; q2_submit on any loop]. */
@@ -264,6 +279,21 @@ int q2_mp_step(struct q2_req *qr);
 bool q2_reads_zero_unalloc(struct q2 *s, uint64_t guest);
 int q2_cow_finish(struct q2_req *qr, struct q2_cow *cw);
 int q2_alloc_plan(struct q2_req *qr);
+/* qcow2-alloc.c: pieces of the allocation programs, shared with qcow2-sub.c [owner loop]. */
+int q2_mp_prepare_l2(struct q2_req *qr, uint64_t off);
+uint8_t *q2_mp_tab(struct q2_req *qr);
+void q2_ents_need(struct q2_req *qr, uint64_t n);
+void q2_free_entry(struct q2_req *qr, const struct q2_l2e *e, bool discard);
+void q2_cow_free(struct q2_req *qr);
+int q2_cow_read(struct q2_req *qr, struct q2_cow *cw);
+int q2_rb_create(struct q2_req *qr);
+/* qcow2-sub.c: compressed writes and writes to images with extended L2 entries [owner loop]:
+ * plan one cluster's program.  1 planned, 0 waiting, 2 (sub) writable in place now, -ENOSPC
+ * (comp) the cluster does not compress, <0 error. */
+int q2_comp_plan(struct q2_req *qr);
+int q2_sub_plan(struct q2_req *qr);
+bool q2_sub_in_place(struct q2 *s, int slot, uint64_t l2i, uint64_t inoff, uint64_t len,
+		     uint64_t *host);
 int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unmap);
 void q2_fp_run(struct q2_req *fq);
 
@@ -286,7 +316,16 @@ int q2_prepare_growth(struct q2 *s, struct bd_err *err);
 int q2_snapshot_create(struct bd_node *node, const char *id, const char *name,
 		       struct bd_err *err);
 int q2_snapshot_delete(struct bd_node *node, const char *id, const char *name,
-		       struct bd_err *err);
+		       json_t **info, struct bd_err *err);
+json_t *q2_snapinfo_json(const struct q2_snapinfo *sn);
+
+/* qcow2.c [control]: the writable part of open (also for a reopen to read-write); the room
+ * reserved in the file given back (close, reopen to read-only). */
+int q2_make_writable(struct q2 *s, bool has_lazy_opt, bool lazy_opt, uint64_t fsize,
+		     struct bd_err *err);
+void q2_give_back_room(struct q2 *s);
+/* qcow2-reopen.c: blockdev-reopen [control]. */
+int q2_reopen(struct bd_node *node, json_t *opts, struct bd_err *err);
 
 /* qcow2-create.c */
 int q2_create(struct bd_node *file, json_t *opts, struct bd_err *err);

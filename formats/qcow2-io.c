@@ -178,7 +178,9 @@ static void finish(struct q2_req *qr, int ret)
 		s->active--;
 		q2_maybe_free(s);
 	}
-	if (qr->home == s->owner)
+	if (qr->home == s->owner && qr->in_submit)
+		bd_req_complete_later(qr->req, ret); /* finished inside q2_submit() */
+	else if (qr->home == s->owner)
 		bd_req_complete(qr->req, ret);
 	else if (bd_loop_send(qr->home, complete_msg, qr) < 0)
 		abort(); /* the completion must run exactly once */
@@ -447,9 +449,30 @@ static int write_step(struct q2_req *qr)
 			}
 			if (s->broken)
 				return -EIO;
+			qr->comp = (qr->req->flags & BD_REQ_WRITE_COMPRESSED) &&
+				   qr->req->op == BD_OP_WRITE && qr->comp_skip != qr->pos + 1;
+			if (qr->comp) {
+				if (!q2_lock_take(qr))
+					return 0;
+				qr->st = ST_A_PLAN;
+				continue;
+			}
 			r = q2_l2_get(qr, off, &slot, &l1e);
 			if (r <= 0)
 				return r;
+			if (s->h.extl2) {
+				/* subclusters: one cluster at a time (qcow2-sub.c) */
+				uint64_t host;
+				chunk = rem < s->cs - inoff ? rem : s->cs - inoff;
+				if (slot < 0 || !q2_sub_in_place(s, slot, l2i, inoff, chunk, &host)) {
+					if (!q2_lock_take(qr))
+						return 0;
+					qr->st = ST_A_PLAN;
+					continue;
+				}
+				e.host = host;
+				goto in_place;
+			}
 			if (q2_l2_entry(s, slot, l2i, &e) < 0)
 				return -EIO;
 			if (q2_in_place(s, &e)) {
@@ -466,6 +489,7 @@ static int write_step(struct q2_req *qr)
 				chunk = (n << s->cb) - inoff;
 				if (chunk > rem)
 					chunk = rem;
+			in_place:;
 				const char *what = q2_meta_overlap(s, e.host + inoff, chunk);
 				if (what) {
 					q2_corrupt(s, e.host + inoff, chunk, true,
@@ -504,7 +528,15 @@ static int write_step(struct q2_req *qr)
 			qr->st = ST_W_NEXT;
 			continue;
 		case ST_A_PLAN: {
-			int r = q2_alloc_plan(qr);
+			int r = qr->comp	   ? q2_comp_plan(qr)
+				: s->h.extl2 ? q2_sub_plan(qr)
+					     : q2_alloc_plan(qr);
+			if (r == -ENOSPC && qr->comp) {
+				/* does not compress: this cluster is written as it is */
+				qr->comp = false;
+				qr->comp_skip = qr->pos + 1;
+				r = q2_alloc_plan(qr);
+			}
 			if (r < 0)
 				return r;
 			if (r == 0)
@@ -750,7 +782,7 @@ static void start(struct q2_req *qr)
 			finish(qr, qr->err ? qr->err : -EIO);
 		return;
 	}
-	if (s->barrier) {
+	if (s->barrier || s->frozen) {
 		qr->next = s->stalled;
 		s->stalled = qr;
 		return; /* woken with st still ST_START */
@@ -775,7 +807,8 @@ static void start(struct q2_req *qr)
 		qr->st = ST_W_NEXT;
 		break;
 	case BD_OP_WRITE_ZEROES:
-		if (s->h.version < 3 || (s->broken)) {
+		if (s->h.version < 3 || s->h.extl2 || s->broken) {
+			/* extended L2: the core writes zeroes (through the subcluster path) */
 			finish(qr, s->broken ? -EIO : -ENOTSUP);
 			return;
 		}
@@ -784,6 +817,10 @@ static void start(struct q2_req *qr)
 	case BD_OP_DISCARD:
 		if (s->broken) {
 			finish(qr, -EIO);
+			return;
+		}
+		if (s->h.extl2) {
+			finish(qr, 0); /* advisory; not done at subcluster granularity yet */
 			return;
 		}
 		qr->st = ST_D_NEXT;
@@ -989,7 +1026,10 @@ int q2_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *req)
 	qr->slot = -1;
 	qr->st = ST_START;
 	if (owner == me) {
-		q2_wake(qr);
+		/* start at once (no deferred hop); a request that ends here completes later */
+		qr->in_submit = true;
+		run(qr);
+		qr->in_submit = false;
 		return 0;
 	}
 	return bd_loop_send(owner, start_msg, qr);

@@ -360,8 +360,9 @@ int q2_l2e_decode(uint64_t entry, uint32_t cluster_bits, struct q2_l2e *e)
 
 int q2_l2e_decode_ext(uint64_t entry, uint32_t cluster_bits, struct q2_l2e *e)
 {
-	if (entry & Q2_OFLAG_ZERO)
-		return -EINVAL; /* reserved with extended L2 entries */
+	if ((entry & Q2_OFLAG_ZERO) && !(entry & Q2_OFLAG_COMPRESSED))
+		return -EINVAL; /* reserved with extended L2 entries (a compressed cluster's offset
+				 * may be odd) */
 	int r = q2_l2e_decode(entry, cluster_bits, e);
 	if (r == 0 && e->type == Q2_C_UNALLOC && (entry & Q2_OFLAG_COPIED))
 		e->copied = true;

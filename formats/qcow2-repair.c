@@ -148,7 +148,7 @@ static int refs_l1(struct q2 *s, struct q2_refs *rf, uint64_t l1_off, uint32_t l
 			r = q2_sync_read(q2_fnode(s), l2off, l2, s->cs);
 		for (uint64_t k = 0; r == 0 && k < s->l2n; k++) {
 			struct q2_l2e e;
-			if (q2_l2e_decode(q2_be64(l2 + 8 * k), s->cb, &e) < 0) {
+			if (q2_l2e_decode(q2_be64(l2 + s->esz * k), s->cb, &e) < 0) {
 				r = bd_err_set(err, -EIO, "Invalid L2 entry in the table at 0x%" PRIx64,
 					       l2off);
 				goto out;
@@ -271,7 +271,7 @@ int q2_fix_copied_flags(struct q2 *s, const uint64_t *ref, uint64_t nref, uint64
 			break;
 		bool dirty = false;
 		for (uint64_t k = 0; k < s->l2n; k++) {
-			uint64_t e = q2_be64(l2 + 8 * k);
+			uint64_t e = q2_be64(l2 + s->esz * k);
 			struct q2_l2e d;
 			if (q2_l2e_decode(e, s->cb, &d) < 0)
 				continue;
@@ -279,7 +279,8 @@ int q2_fix_copied_flags(struct q2 *s, const uint64_t *ref, uint64_t nref, uint64
 				continue;
 			bool w = REFC(d.host >> s->cb) == 1;
 			if (w != d.copied) {
-				q2_put_be64(l2 + 8 * k, w ? e | Q2_OFLAG_COPIED : e & ~Q2_OFLAG_COPIED);
+				q2_put_be64(l2 + s->esz * k,
+					    w ? e | Q2_OFLAG_COPIED : e & ~Q2_OFLAG_COPIED);
 				dirty = true;
 				(*fixed)++;
 			}
@@ -509,7 +510,7 @@ uint64_t q2_alloc_end_cluster(struct q2 *s)
 uint64_t q2_max_file_bytes(struct q2 *s, uint64_t used_end)
 {
 	uint64_t data = (s->size + s->cs - 1) & ~(s->cs - 1);
-	uint64_t l2 = q2_l1_needed(s->size, s->cb) * s->cs;
+	uint64_t l2 = q2_l1_needed_ext(s->size, s->cb, s->h.extl2) * s->cs;
 	uint64_t total = used_end + data + l2 + (64ull << 20) + 64 * s->cs;
 	uint64_t rbs = (total / s->cs / s->epb + 2) * s->cs;
 

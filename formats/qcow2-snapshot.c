@@ -107,7 +107,7 @@ static int snapshot_refs(struct q2 *s, const uint64_t *l1, uint32_t l1_size, int
 				c1 = c0 + 1;
 			} else {
 				struct q2_l2e e;
-				if (q2_l2e_decode(q2_be64(l2 + 8 * k), s->cb, &e) < 0) {
+				if (q2_l2e_decode(q2_be64(l2 + s->esz * k), s->cb, &e) < 0) {
 					r = bd_err_set(err, -EIO, "Image is corrupt: invalid L2 entry");
 					break;
 				}
@@ -229,8 +229,7 @@ static uint8_t *read_snapshot_table(struct q2 *s, uint64_t extra, uint64_t *len,
 	return buf;
 }
 
-int q2_snapshot_create(struct bd_node *node, const char *id, const char *name,
-		       struct bd_err *err)
+static int do_create(struct bd_node *node, const char *id, const char *name, struct bd_err *err)
 {
 	struct q2 *s = bd_node_priv(node);
 	char idbuf[32];
@@ -243,7 +242,6 @@ int q2_snapshot_create(struct bd_node *node, const char *id, const char *name,
 				  bd_node_name(node));
 	if (!name || !name[0])
 		return bd_err_set(err, -EINVAL, "Parameter 'name' cannot be empty");
-	q2_quiesce(s);
 	q2_apply_frees_sync(s);
 	if (!id || !id[0]) {
 		unsigned long max = 0;
@@ -257,8 +255,9 @@ int q2_snapshot_create(struct bd_node *node, const char *id, const char *name,
 	}
 	for (unsigned i = 0; i < s->nsnaps; i++) {
 		if (!strcmp(s->snaps[i].name, name))
-			return bd_err_set(err, -EEXIST, "Snapshot with name '%s' already exists",
-					  name);
+			return bd_err_set(err, -EEXIST,
+					  "Snapshot with name '%s' already exists on device '%s'", name,
+					  bd_node_name(node));
 		if (!strcmp(s->snaps[i].id, id))
 			return bd_err_set(err, -EEXIST, "Snapshot with id '%s' already exists", id);
 	}
@@ -347,8 +346,8 @@ out:
 	return r;
 }
 
-int q2_snapshot_delete(struct bd_node *node, const char *id, const char *name,
-		       struct bd_err *err)
+static int do_delete(struct bd_node *node, const char *id, const char *name, json_t **info,
+		     struct bd_err *err)
 {
 	struct q2 *s = bd_node_priv(node);
 	int k = -1, r;
@@ -359,12 +358,16 @@ int q2_snapshot_delete(struct bd_node *node, const char *id, const char *name,
 	for (unsigned i = 0; i < s->nsnaps && k < 0; i++)
 		if ((!id || !strcmp(s->snaps[i].id, id)) && (!name || !strcmp(s->snaps[i].name, name)))
 			k = (int)i;
-	if (k < 0 || (!id && !name))
-		return bd_err_set(err, -ENOENT, "Snapshot with id '%s' and name '%s' does not exist",
-				  id ? id : "(null)", name ? name : "(null)");
-	q2_quiesce(s);
+	if (!id && !name)
+		return bd_err_set(err, -EINVAL, "Name or id must be provided");
+	if (k < 0)
+		return bd_err_set(err, -ENOENT,
+				  "Snapshot with id '%s' and name '%s' does not exist on device '%s'",
+				  id ? id : "(null)", name ? name : "(null)", bd_node_name(node));
 	q2_apply_frees_sync(s);
 	struct q2_snapinfo sn = s->snaps[k];
+	if (info)
+		*info = q2_snapinfo_json(&sn);
 	uint64_t *l1 = calloc(sn.l1_size ? sn.l1_size : 1, sizeof(*l1));
 	uint8_t *raw = malloc(sn.l1_size ? (size_t)sn.l1_size * 8 : 1);
 	uint8_t *table = NULL;
@@ -449,5 +452,64 @@ out:
 	}
 	free(l1);
 	free(table);
+	return r;
+}
+
+/* SnapshotInfo as QEMU returns it. */
+json_t *q2_snapinfo_json(const struct q2_snapinfo *sn)
+{
+	return json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I}", "id", sn->id, "name", sn->name,
+			 "vm-state-size", (json_int_t)sn->vm_state_size, "date-sec",
+			 (json_int_t)sn->date_sec, "date-nsec", (json_int_t)sn->date_nsec,
+			 "vm-clock-sec", (json_int_t)(sn->vm_clock_nsec / 1000000000u),
+			 "vm-clock-nsec", (json_int_t)(sn->vm_clock_nsec % 1000000000u));
+}
+
+/* After a snapshot every cluster may be copied once more: keep the room reserved in the file
+ * (docs/qcow2.md, "The image file is reserved at open") enough for that. */
+static void reserve_more(struct q2 *s)
+{
+	uint64_t want = q2_max_file_bytes(s, q2_alloc_end_cluster(s) << s->cb);
+	uint64_t reft_max = ((uint64_t)Q2_MAX_REFTABLE_BYTES / 8 - 64) * s->epb << s->cb;
+	struct bd_err e = {0};
+
+	if (want > reft_max)
+		want = reft_max;
+	if (want <= bd_node_size(q2_fnode(s)) || !bd_node_limits(q2_fnode(s))->can_resize)
+		return;
+	if (q2_grow_reftable(s, want, &e) < 0 || bd_node_resize(q2_fnode(s), want, &e) < 0)
+		bd_log(BD_LOG_WARN,
+		       "qcow2 '%s': could not reserve more room in the image file (%s); "
+		       "allocations may fail with ENOSPC",
+		       bd_node_name(s->node), e.msg);
+}
+
+int q2_snapshot_create(struct bd_node *node, const char *id, const char *name,
+		       struct bd_err *err)
+{
+	struct q2 *s = bd_node_priv(node);
+	int r;
+
+	q2_freeze(s);
+	r = do_create(node, id, name, err);
+	if (r == 0)
+		reserve_more(s);
+	q2_thaw(s);
+	return r;
+}
+
+int q2_snapshot_delete(struct bd_node *node, const char *id, const char *name, json_t **info,
+		       struct bd_err *err)
+{
+	json_t *tmp = NULL;
+	int r;
+
+	q2_freeze(bd_node_priv(node));
+	r = do_delete(node, id, name, &tmp, err);
+	q2_thaw(bd_node_priv(node));
+	if (r == 0 && info)
+		*info = tmp;
+	else
+		json_decref(tmp);
 	return r;
 }

@@ -29,7 +29,6 @@
 #include <unistd.h>
 
 #define Q2_DEFAULT_L2_CACHE (32u << 20)
-#define Q2_MIN_SLOTS 16
 
 /* ============================================================================================
  * Synchronous helpers (control thread)
@@ -319,6 +318,55 @@ static void q2_free_mem(struct q2 *s)
 	s->freeq = NULL;
 }
 
+/* [control] What a writable open (or a reopen to read-write) does: repair a dirty image, keep
+ * the bitmaps (marked in use), clear unknown autoclear bits, set the dirty bit for lazy
+ * refcounts, reserve room in the file.  s->writable is already true. */
+int q2_make_writable(struct q2 *s, bool has_lazy_opt, bool lazy_opt, uint64_t fsize,
+		     struct bd_err *err)
+{
+	int r;
+
+	bool hdr_dirty = false;
+	if (s->h.incompatible & Q2_INCOMPAT_DIRTY) {
+		r = q2_repair_refcounts(s, fsize, err);
+		if (r < 0)
+			return r;
+		s->h.incompatible &= ~Q2_INCOMPAT_DIRTY;
+		hdr_dirty = true;
+	}
+	/* Persistent bitmaps stay (consistent extension, every bitmap marked in_use:
+	 * "not synced", as QEMU marks them while it has the image open); unknown
+	 * autoclear features are cleared, the spec's rule for writers that do not
+	 * know them. */
+	uint64_t keep = 0;
+	if (s->h.has_bitmaps && (s->h.autoclear & Q2_AUTOCLEAR_BITMAPS)) {
+		r = q2_bitmaps_walk(s, fsize, NULL, err);
+		if (r < 0)
+			return r;
+		keep = Q2_AUTOCLEAR_BITMAPS;
+	}
+	if (s->h.autoclear != keep) {
+		s->h.autoclear = keep;
+		hdr_dirty = true;
+	}
+	bool want_lazy = has_lazy_opt ? lazy_opt
+				      : !!(s->h.compatible & Q2_COMPAT_LAZY_REFCOUNTS);
+	if (want_lazy && s->h.version >= 3) {
+		s->lazy = true;
+		s->h.incompatible |= Q2_INCOMPAT_DIRTY;
+		hdr_dirty = true;
+	}
+	if (hdr_dirty) {
+		r = q2_write_header_fixed(s, err);
+		if (r < 0)
+			return r;
+	}
+	r = q2_prepare_growth(s, err);
+	if (r < 0)
+		return r;
+	return 0;
+}
+
 static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 		   struct bd_err *err)
 {
@@ -418,10 +466,6 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	s->size = s->h.size;
 	s->l1_size = s->h.l1_size;
 
-	if (s->writable && s->h.extl2)
-		return bd_err_set(err, -ENOTSUP,
-				  "Images with extended L2 entries (subclusters) are supported "
-				  "read-only: open with read-only=on");
 	if (s->writable && (s->h.incompatible & Q2_INCOMPAT_CORRUPT))
 		return bd_err_set(err, -EACCES,
 				  "qcow2: Image is corrupt; cannot be opened read/write");
@@ -484,42 +528,7 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	}
 
 	if (s->writable) {
-		bool hdr_dirty = false;
-		if (s->h.incompatible & Q2_INCOMPAT_DIRTY) {
-			r = q2_repair_refcounts(s, fsize, err);
-			if (r < 0)
-				goto fail;
-			s->h.incompatible &= ~Q2_INCOMPAT_DIRTY;
-			hdr_dirty = true;
-		}
-		/* Persistent bitmaps stay (consistent extension, every bitmap marked in_use:
-		 * "not synced", as QEMU marks them while it has the image open); unknown
-		 * autoclear features are cleared, the spec's rule for writers that do not
-		 * know them. */
-		uint64_t keep = 0;
-		if (s->h.has_bitmaps && (s->h.autoclear & Q2_AUTOCLEAR_BITMAPS)) {
-			r = q2_bitmaps_walk(s, fsize, NULL, err);
-			if (r < 0)
-				goto fail;
-			keep = Q2_AUTOCLEAR_BITMAPS;
-		}
-		if (s->h.autoclear != keep) {
-			s->h.autoclear = keep;
-			hdr_dirty = true;
-		}
-		bool want_lazy = has_lazy_opt ? lazy_opt
-					      : !!(s->h.compatible & Q2_COMPAT_LAZY_REFCOUNTS);
-		if (want_lazy && s->h.version >= 3) {
-			s->lazy = true;
-			s->h.incompatible |= Q2_INCOMPAT_DIRTY;
-			hdr_dirty = true;
-		}
-		if (hdr_dirty) {
-			r = q2_write_header_fixed(s, err);
-			if (r < 0)
-				goto fail;
-		}
-		r = q2_prepare_growth(s, err);
+		r = q2_make_writable(s, has_lazy_opt, lazy_opt, fsize, err);
 		if (r < 0)
 			goto fail;
 	}
@@ -563,7 +572,7 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	limits->size = s->size;
 	limits->ops = BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_FLUSH) |
 		      BD_OP_BIT(BD_OP_BLOCK_STATUS) | BD_OP_BIT(BD_OP_DISCARD);
-	if (s->h.version >= 3)
+	if (s->h.version >= 3 && !s->h.extl2)
 		limits->ops |= BD_OP_BIT(BD_OP_WRITE_ZEROES);
 	limits->req_align = 1;
 	limits->buf_align = 1;
@@ -573,6 +582,8 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	limits->native_fua = false;
 	limits->zeroes_unmap = true;
 	limits->can_resize = s->writable;
+	/* Compressed writes (the compress filter): whole clusters, not with extended L2 entries. */
+	limits->compress_cluster = s->writable && s->esz == 8 ? (uint32_t)s->cs : 0;
 	return 0;
 fail:
 	q2_free_mem(s);
@@ -593,6 +604,60 @@ void q2_quiesce(struct q2 *s)
 		bd_loop_call(owner, owner_idle_check, NULL);
 		usleep(1000);
 	}
+}
+
+struct freeze_ctx {
+	struct q2 *s;
+	bool on, idle;
+};
+
+static void freeze_msg(void *arg)
+{
+	struct freeze_ctx *c = arg;
+	struct q2 *s = c->s;
+
+	if (c->on) {
+		s->frozen = true;
+		c->idle = s->active == 0 && !s->lock_owner && !atomic_load(&s->free_running);
+		return;
+	}
+	s->frozen = false;
+	if (!s->barrier)
+		q2_wake_stalled(s);
+}
+
+static void freeze_call(struct q2 *s, struct freeze_ctx *c)
+{
+	struct bd_loop *owner = atomic_load(&s->owner);
+
+	if (owner && owner != bd_loop_current())
+		bd_loop_call(owner, freeze_msg, c);
+	else
+		freeze_msg(c);
+}
+
+void q2_freeze(struct q2 *s)
+{
+	struct freeze_ctx c = {.s = s, .on = true};
+
+	/* Without an owner yet, make the default I/O loop the owner, so that a request that
+	 * arrives now meets the frozen flag there. */
+	if (!atomic_load(&s->owner) && bd_io_loop_count() > 0) {
+		struct bd_loop *expected = NULL;
+		atomic_compare_exchange_strong(&s->owner, &expected, bd_io_loop_get(0));
+	}
+	for (;;) {
+		freeze_call(s, &c);
+		if (c.idle)
+			break;
+		usleep(200);
+	}
+}
+
+void q2_thaw(struct q2 *s)
+{
+	struct freeze_ctx c = {.s = s, .on = false};
+	freeze_call(s, &c);
 }
 
 /* Apply pending frees synchronously (close). */
@@ -617,6 +682,19 @@ void q2_apply_frees_sync(struct q2 *s)
 	q2_sync_flush(q2_fnode(s));
 }
 
+/* [control] Give back the room reserved at open (never below the original size). */
+void q2_give_back_room(struct q2 *s)
+{
+	struct bd_err err = {0};
+	uint64_t end = q2_alloc_end_cluster(s) << s->cb;
+
+	if (end < s->orig_file_size)
+		end = s->orig_file_size;
+	if (end < bd_node_size(q2_fnode(s)) && bd_node_limits(q2_fnode(s))->can_resize &&
+	    bd_node_resize(q2_fnode(s), end, &err) < 0)
+		bd_log(BD_LOG_WARN, "qcow2 '%s': %s", bd_node_name(s->node), err.msg);
+}
+
 static void q2_close(struct bd_node *node)
 {
 	struct q2 *s = bd_node_priv(node);
@@ -630,28 +708,48 @@ static void q2_close(struct bd_node *node)
 			if (q2_write_header_fixed(s, &err) < 0)
 				bd_log(BD_LOG_WARN, "qcow2 '%s': %s", bd_node_name(node), err.msg);
 		}
-		/* Give back the room reserved at open (never below the original size). */
-		uint64_t end = q2_alloc_end_cluster(s) << s->cb;
-		if (end < s->orig_file_size)
-			end = s->orig_file_size;
-		if (end < bd_node_size(q2_fnode(s)) && bd_node_limits(q2_fnode(s))->can_resize) {
-			bd_err_clear(&err);
-			if (bd_node_resize(q2_fnode(s), end, &err) < 0)
-				bd_log(BD_LOG_WARN, "qcow2 '%s': %s", bd_node_name(node), err.msg);
-		}
+		q2_give_back_room(s);
 	}
 	q2_free_mem(s);
 }
 
-/* ---- resize (control thread, node drained) ---- */
+/* ---- blockdev-snapshot: the node an external snapshot puts under this one (control) ---- */
+
+static int q2_attach_backing(struct bd_node *node, struct bd_child *child, struct bd_err *err)
+{
+	struct q2 *s = bd_node_priv(node);
+
+	if (s->backing)
+		return bd_err_set(err, -EEXIST, "The overlay already has a backing image");
+	if (s->loaded_snap >= 0)
+		return bd_err_set(err, -EINVAL, "Node '%s' shows an internal snapshot",
+				  bd_node_name(node));
+	q2_freeze(s);
+	s->backing = child;
+	q2_thaw(s);
+	return 0;
+}
+
+/* ---- resize (control thread; requests held back by q2_freeze) ---- */
+
+static int resize_frozen(struct q2 *s, uint64_t new_size, uint64_t need, struct bd_err *err);
 
 static int q2_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err)
 {
 	struct q2 *s = bd_node_priv(node);
-	uint64_t need = q2_l1_needed(new_size, s->cb);
+	uint64_t need = q2_l1_needed_ext(new_size, s->cb, s->h.extl2);
 	int r;
 
-	q2_quiesce(s);
+	q2_freeze(s);
+	r = resize_frozen(s, new_size, need, err);
+	q2_thaw(s);
+	return r;
+}
+
+static int resize_frozen(struct q2 *s, uint64_t new_size, uint64_t need, struct bd_err *err)
+{
+	int r;
+
 	if (s->broken)
 		return bd_err_set(err, -EIO, "Image is corrupt; cannot be resized");
 	if (new_size % 512)
@@ -675,7 +773,8 @@ static int q2_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err
 						  strerror(-r));
 			}
 			for (; c < (l1i + 1) * s->l2n && c < (s->size + s->cs - 1) >> s->cb; c++) {
-				if (q2_be64(l2 + 8 * (c % s->l2n))) {
+				const uint8_t *ent = l2 + s->esz * (c % s->l2n);
+				if (q2_be64(ent) || (s->esz == 16 && q2_be64(ent + 8))) {
 					free(l2);
 					return bd_err_set(err, -ENOTSUP,
 							  "Cannot shrink: data is allocated beyond the "
@@ -691,9 +790,9 @@ static int q2_resize(struct bd_node *node, uint64_t new_size, struct bd_err *err
 			uint64_t c = first_c - 1;
 			uint64_t l2off = s->l1[c / s->l2n] & Q2_OFFSET_MASK;
 			if (l2off) {
-				uint8_t e[8];
-				r = q2_sync_read(q2_fnode(s), l2off + 8 * (c % s->l2n), e, 8);
-				if (r < 0 || q2_be64(e))
+				uint8_t e[16] = {0};
+				r = q2_sync_read(q2_fnode(s), l2off + s->esz * (c % s->l2n), e, s->esz);
+				if (r < 0 || q2_be64(e) || q2_be64(e + 8))
 					return bd_err_set(err, -ENOTSUP,
 							  "Cannot shrink to a size inside an allocated "
 							  "cluster");
@@ -868,4 +967,8 @@ const struct bd_driver bd_drv_qcow2 = {
 	.resize = q2_resize,
 	.describe = q2_describe,
 	.create = q2_create,
+	.snapshot_create = q2_snapshot_create,
+	.snapshot_delete = q2_snapshot_delete,
+	.attach_backing = q2_attach_backing,
+	.reopen = q2_reopen,
 };

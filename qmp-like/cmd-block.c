@@ -1,6 +1,7 @@
 /*
  * cmd-block.c - node, export and NBD server commands: blockdev-add/-del/-reopen,
- * query-named-block-nodes, block_resize, query-blockstats, block_set_io_throttle,
+ * query-named-block-nodes, block_resize, blockdev-snapshot, blockdev-snapshot-internal-sync,
+ * blockdev-snapshot-delete-internal-sync, query-blockstats, block_set_io_throttle,
  * block-export-add/-del, query-block-exports, nbd-server-start/-stop.  [control]
  */
 #include "export/nbd/nbd.h"
@@ -43,6 +44,12 @@ static const struct qmp_type t_blockdev_ref = {
 	.kind = QK_ALTERNATE,
 	.doc_name = "BlockdevRef",
 	.alts = (const struct qmp_type *const[]){&qmp_t_dict, &qmp_t_str, NULL}};
+
+/* "backing": null means none (QEMU's BlockdevRefOrNull). */
+static const struct qmp_type t_blockdev_ref_or_null = {
+	.kind = QK_ALTERNATE,
+	.doc_name = "BlockdevRefOrNull",
+	.alts = (const struct qmp_type *const[]){&qmp_t_dict, &qmp_t_str, &qmp_t_null, NULL}};
 
 static const struct qmp_member blockdev_base[] = {
 	{"driver", NULL, false, "the driver (docs/drivers.md)"},
@@ -119,7 +126,10 @@ static struct qmp_type *build_union(const char *doc_name, const char *tag,
 			if (skipped)
 				continue;
 			d->vmembers[i][j].name = o->name;
-			d->vmembers[i][j].type = qmp_opt_type(o, &d->vtypes[k++], &t_blockdev_ref);
+			d->vmembers[i][j].type =
+				qmp_opt_type(o, &d->vtypes[k++],
+					     strcmp(o->name, "backing") ? &t_blockdev_ref
+									: &t_blockdev_ref_or_null);
 			d->vmembers[i][j].optional = !o->required;
 			d->vmembers[i][j].help = o->help;
 			j++;
@@ -301,6 +311,56 @@ static int cmd_block_resize(struct qmp_req *req, json_t *args, struct bd_err *er
 	/* Unlike qemu-storage-daemon 7.2, a node under an export can be resized: new NBD
 	 * clients see the new size (NBD cannot tell connected clients). */
 	return bd_node_resize(n, (uint64_t)size, err);
+}
+
+/* ---- internal snapshots ---- */
+
+static int cmd_snapshot_internal(struct qmp_req *req, json_t *args, struct bd_err *err)
+{
+	const char *dev = json_string_value(json_object_get(args, "device"));
+	const char *name = json_string_value(json_object_get(args, "name"));
+	struct bd_node *n = qmp_find_node(dev, NULL, err);
+
+	if (!n)
+		return err->code;
+	if (!name || !name[0])
+		return bd_err_set(err, -EINVAL, "Name is empty");
+	return bd_node_snapshot_create(n, NULL, name, err);
+}
+
+static int cmd_snapshot_delete_internal(struct qmp_req *req, json_t *args, struct bd_err *err)
+{
+	const char *dev = json_string_value(json_object_get(args, "device"));
+	const char *id = json_string_value(json_object_get(args, "id"));
+	const char *name = json_string_value(json_object_get(args, "name"));
+	struct bd_node *n = qmp_find_node(dev, NULL, err);
+	json_t *info = NULL;
+	int r;
+
+	if (!n)
+		return err->code;
+	if (!id && !name)
+		return bd_err_set(err, -EINVAL, "Name or id must be provided");
+	r = bd_node_snapshot_delete(n, id, name, &info, err);
+	if (r == 0)
+		req->ret = info ? info : json_object();
+	return r;
+}
+
+/* ---- blockdev-snapshot (external) ---- */
+
+static int cmd_blockdev_snapshot(struct qmp_req *req, json_t *args, struct bd_err *err)
+{
+	const char *nn = json_string_value(json_object_get(args, "node"));
+	const char *ov = json_string_value(json_object_get(args, "overlay"));
+	struct bd_node *n = qmp_find_node(nn, nn, err), *o;
+
+	if (!n)
+		return err->code;
+	o = bd_graph_find(ov);
+	if (!o)
+		return bd_err_set(err, -ENOENT, "Cannot find device='%s' nor node-name='%s'", ov, ov);
+	return bd_node_snapshot_external(n, o, err);
 }
 
 /* ---- query-blockstats ---- */
@@ -687,6 +747,12 @@ static const struct qmp_type t_export_info = {
 static const struct qmp_type t_export_info_list = {.kind = QK_ARRAY,
 						   .element = &t_export_info};
 static const struct qmp_type t_node_info_list = {.kind = QK_ARRAY, .element = &qmp_t_dict};
+static const struct qmp_type t_snapshot_info = {
+	.kind = QK_OBJECT,
+	.doc_name = "SnapshotInfo",
+	.members = M({"id", &qmp_t_str}, {"name", &qmp_t_str}, {"vm-state-size", &qmp_t_int},
+		     {"date-sec", &qmp_t_int}, {"date-nsec", &qmp_t_int},
+		     {"vm-clock-sec", &qmp_t_int}, {"vm-clock-nsec", &qmp_t_int})};
 
 const struct qmp_cmd qmp_cmds_block[] = {
 	{"blockdev-add", cmd_blockdev_add, &t_blockdev_options, NULL, 0,
@@ -721,6 +787,39 @@ const struct qmp_cmd qmp_cmds_block[] = {
 	 "Resize a node (growing a file, a raw window, null-co).  Works under an NBD export, "
 	 "unlike qemu-storage-daemon 7.2: connected clients keep the size they negotiated (NBD "
 	 "has no resize notice); new clients see the new size."},
+	{"blockdev-snapshot", cmd_blockdev_snapshot,
+	 &(const struct qmp_type){
+		 .kind = QK_OBJECT,
+		 .members = M({"node", &qmp_t_str, false, "the node to snapshot (its node-name)"},
+			      {"overlay", &qmp_t_str, false,
+			       "the overlay: a writable qcow2 node added with backing: null, used by "
+			       "nothing"})},
+	 NULL, 0,
+	 "External snapshot: the overlay gets the node as its backing file and takes its place "
+	 "under every export and parent node, without stopping them (new requests wait for the "
+	 "moment of the switch).  The node stays in the graph as the overlay's backing; its "
+	 "exports keep their name and id (query-block-exports still names the node).  The "
+	 "overlay's image should name the node's file as its backing file (qemu-img create -b), "
+	 "as with QEMU: the header is not rewritten."},
+	{"blockdev-snapshot-internal-sync", cmd_snapshot_internal,
+	 &(const struct qmp_type){
+		 .kind = QK_OBJECT,
+		 .members = M({"device", &qmp_t_str, false, "the node (a node-name)"},
+			      {"name", &qmp_t_str, false, "the new snapshot's name (not empty)"})},
+	 NULL, 0,
+	 "Take an internal snapshot of a node whose driver has them (qcow2), under live exports: "
+	 "the driver holds new requests back for the moment it takes.  The id is the next free "
+	 "number.  Errors as QEMU's: an existing name, a read-only node, a driver without "
+	 "internal snapshots."},
+	{"blockdev-snapshot-delete-internal-sync", cmd_snapshot_delete_internal,
+	 &(const struct qmp_type){
+		 .kind = QK_OBJECT,
+		 .members = M({"device", &qmp_t_str, false, "the node (a node-name)"},
+			      {"id", &qmp_t_str, true, "the snapshot's id"},
+			      {"name", &qmp_t_str, true, "the snapshot's name"})},
+	 &t_snapshot_info, 0,
+	 "Delete the internal snapshot matching id and/or name (at least one) and return its "
+	 "SnapshotInfo.  Clusters only the snapshot used are freed."},
 	{"query-blockstats", cmd_query_blockstats,
 	 &(const struct qmp_type){
 		 .kind = QK_OBJECT,
