@@ -320,10 +320,18 @@ static void link_check(struct nbdc_node *nn, struct nbdc_link *l)
 		link_lost(nn, l, e ? e : "connection closed", false);
 		return;
 	}
-	if (nn->state == NBDC_CONNECTING && nn->link == l && nbd_aio_is_ready(l->h)) {
-		link_established(nn, l);
-		if (l->dead)
+	if (nn->state == NBDC_CONNECTING && nn->link == l) {
+		if (nbd_aio_is_ready(l->h)) {
+			link_established(nn, l);
+			if (l->dead)
+				return;
+		} else if (!nbd_aio_is_connecting(l->h) && !nbd_aio_is_created(l->h)) {
+			link_lost(nn, l, "the handshake failed", false);
 			return;
+		}
+	} else if (!nbd_aio_is_ready(l->h) && !nbd_aio_is_processing(l->h)) {
+		link_lost(nn, l, "connection closed", false);
+		return;
 	}
 	link_watch_update(nn, l);
 }
@@ -575,7 +583,7 @@ static void issue(struct nbdc_node *nn, struct nbdc_req *r)
 	}
 	if (c == -2 || c == -1) {
 		int e = c == -2 ? ENOTSUP : nbd_get_errno();
-		bool dead = nbd_aio_is_dead(h) || nbd_aio_is_closed(h);
+		bool dead = !nbd_aio_is_ready(h) && !nbd_aio_is_processing(h);
 
 		inflight_del(nn, r);
 		if (!dead)
