@@ -27,6 +27,7 @@
 
 static void link_lost(struct nbdc_node *nn, struct nbdc_link *l, const char *why, bool timed_out);
 static void issue(struct nbdc_node *nn, struct nbdc_req *r);
+static void link_check(struct nbdc_node *nn, struct nbdc_link *l);
 
 static struct bd_loop *home_loop(struct nbdc_node *nn)
 {
@@ -146,6 +147,8 @@ static void done_run(struct bd_defer *d)
 	struct nbdc_node *nn = nbdc_container_of(d, struct nbdc_node, done_defer);
 	struct nbdc_req *r;
 
+	if (nn->done_head && nn->link && !nn->link->dead)
+		link_check(nn, nn->link); /* a failure may mean the connection is gone */
 	while ((r = q_pop(&nn->done_head, &nn->done_tail))) {
 		int st = r->status;
 
@@ -593,7 +596,7 @@ static void issue(struct nbdc_node *nn, struct nbdc_req *r)
 			link_check(nn, l);
 		return;
 	}
-	link_watch_update(nn, l);
+	link_check(nn, l); /* the call may have found the connection dead */
 	tick_need(nn);
 }
 
