@@ -29,7 +29,9 @@ bd_start --blockdev driver=nbd,node-name=na,server.type=unix,server.path="$T/qa.
 	--blockdev "driver=nbd,node-name=nb,filename=nbd://127.0.0.1:$port/other,discard=unmap,timeout=10" \
 	--nbd-server addr.type=unix,addr.path="$sock" \
 	--export type=nbd,id=ea,node-name=na,name=a,writable=on \
-	--export type=nbd,id=eb,node-name=nb,name=b,writable=on
+	--export type=nbd,id=eb,node-name=nb,name=b,writable=on \
+	--object iothread,id=io1 \
+	--export type=nbd,id=ea2,node-name=na,name=a2,writable=on,iothread=io1
 ua=$(bd_nbd_unix_uri "$sock" a)
 ub=$(bd_nbd_unix_uri "$sock" b)
 
@@ -98,6 +100,21 @@ out=$(qemu-io -r -f raw -c 'read -P 0 4M 5M' -c 'read -P 0 16M 1M' "$ua" 2>&1)
 assert_not_contains "$out" "Pattern verification failed"
 nbdcopy "$ua" "$T/copy-a.raw"
 assert_file_eq "$T/copy-a.raw" "$a"
+
+# a second export of the same node on another loop (iothread io1): its requests are forwarded to
+# the loop that owns the connection, concurrently with requests on the home loop
+ua2=$(bd_nbd_unix_uri "$sock" a2)
+fio --name=mix --ioengine=nbd --uri="$ua2" --rw=randwrite --bs=4k --iodepth=8 --offset=48M \
+	--size=8M --io_size=8M --randrepeat=1 >"$T/fio-a2.out" 2>&1 &
+fp=$!
+out=$(qemu-io -f raw -c 'write -P 0x1d 40M 4M' -c 'read -P 0x1d 40M 4M' "$ua" 2>&1)
+wait "$fp" || fail "fio through the second loop: $(cat "$T/fio-a2.out")"
+assert_not_contains "$out" "Pattern verification failed"
+qemu-io -f raw -c 'write -P 0x2e 44M 1M' "$ua2" >/dev/null
+out=$(qemu-io -r -f raw -c 'read -P 0x2e 44M 1M' -c 'read -P 0x1d 40M 4M' "$ua" 2>&1)
+assert_not_contains "$out" "Pattern verification failed"
+nbdcopy "$ua2" "$T/copy-a2.raw"
+assert_file_eq "$T/copy-a2.raw" "$a"
 
 # the node describes its server
 out=$(nbdinfo --json "$ua")
