@@ -14,9 +14,11 @@
 #include "protocols/nbd-int.h"
 
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define MS 1000000ull
 #define TICK_NS (250 * MS)		   /* granularity of timeouts */
@@ -27,7 +29,7 @@
 
 static void link_lost(struct nbdc_node *nn, struct nbdc_link *l, const char *why, bool timed_out);
 static void issue(struct nbdc_node *nn, struct nbdc_req *r);
-static void link_check(struct nbdc_node *nn, struct nbdc_link *l);
+static void link_check(struct nbdc_node *nn, struct nbdc_link *l, const char *err);
 
 static struct bd_loop *home_loop(struct nbdc_node *nn)
 {
@@ -148,7 +150,7 @@ static void done_run(struct bd_defer *d)
 	struct nbdc_req *r;
 
 	if (nn->done_head && nn->link && !nn->link->dead)
-		link_check(nn, nn->link); /* a failure may mean the connection is gone */
+		link_check(nn, nn->link, NULL); /* a failure may mean the connection is gone */
 	while ((r = q_pop(&nn->done_head, &nn->done_tail))) {
 		int st = r->status;
 
@@ -249,8 +251,11 @@ static void link_stopped(struct bd_poll *p)
 {
 	struct nbdc_link *l = nbdc_container_of(p, struct nbdc_link, watch);
 
+	struct nbdc_node *owner = l->owner;
+
 	nbd_close(l->h); /* reports nothing more: every command of ours was retired */
 	free(l);
+	atomic_fetch_sub(&owner->links_alive, 1);
 }
 
 static void tick_arm(struct nbdc_node *nn, uint64_t when)
@@ -313,14 +318,20 @@ static void link_established(struct nbdc_node *nn, struct nbdc_link *l)
 	issue_pending(nn);
 }
 
-/* After any libnbd call on l: notice death or the end of the handshake, re-arm the watch. */
-static void link_check(struct nbdc_node *nn, struct nbdc_link *l)
+/* After any libnbd call on l: notice death or the end of the handshake, re-arm the watch.  err
+ * is libnbd's message of a call that just failed, or NULL. */
+static void link_check(struct nbdc_node *nn, struct nbdc_link *l, const char *err)
 {
+	char why[256];
+
 	if (l->dead)
 		return;
+	snprintf(why, sizeof(why), "%s",
+		 err ? err
+		     : (nn->state == NBDC_CONNECTING ? "the connection failed"
+						     : "the server closed the connection"));
 	if (nbd_aio_is_dead(l->h) || nbd_aio_is_closed(l->h)) {
-		const char *e = nbd_get_error();
-		link_lost(nn, l, e ? e : "connection closed", false);
+		link_lost(nn, l, why, false);
 		return;
 	}
 	if (nn->state == NBDC_CONNECTING && nn->link == l) {
@@ -329,11 +340,11 @@ static void link_check(struct nbdc_node *nn, struct nbdc_link *l)
 			if (l->dead)
 				return;
 		} else if (!nbd_aio_is_connecting(l->h) && !nbd_aio_is_created(l->h)) {
-			link_lost(nn, l, "the handshake failed", false);
+			link_lost(nn, l, why, false);
 			return;
 		}
 	} else if (!nbd_aio_is_ready(l->h) && !nbd_aio_is_processing(l->h)) {
-		link_lost(nn, l, "connection closed", false);
+		link_lost(nn, l, why, false);
 		return;
 	}
 	link_watch_update(nn, l);
@@ -354,7 +365,7 @@ static void link_ready(struct bd_poll *p, int revents)
 	if (rc == 0 && (revents & (POLLOUT | POLLHUP | POLLERR)) &&
 	    (nbd_aio_get_direction(l->h) & LIBNBD_AIO_DIRECTION_WRITE))
 		rc = nbd_aio_notify_write(l->h);
-	link_check(nn, l);
+	link_check(nn, l, rc == -1 ? nbd_get_error() : NULL);
 	tick_need(nn);
 }
 
@@ -366,6 +377,8 @@ static struct nbdc_link *link_new(struct nbdc_node *nn, struct nbd_handle *h)
 		return NULL;
 	l->h = h;
 	l->nn = nn;
+	l->owner = nn;
+	atomic_fetch_add(&nn->links_alive, 1);
 	l->gen = ++nn->gen;
 	bd_poll_init(&l->watch, link_ready);
 	return l;
@@ -465,7 +478,7 @@ static void attempt_start(struct nbdc_node *nn)
 	nn->state = NBDC_CONNECTING;
 	nn->attempt_deadline_ns =
 	    bd_now_ns() + (nn->timeout_ns ? nn->timeout_ns : ATTEMPT_DEFAULT_NS);
-	link_check(nn, l);
+	link_check(nn, l, NULL);
 	tick_need(nn);
 }
 
@@ -593,10 +606,10 @@ static void issue(struct nbdc_node *nn, struct nbdc_req *r)
 			r->gen = 0; /* refused by libnbd: a plain error */
 		req_done(nn, r, -(e ? e : EIO));
 		if (dead)
-			link_check(nn, l);
+			link_check(nn, l, nbd_get_error());
 		return;
 	}
-	link_check(nn, l); /* the call may have found the connection dead */
+	link_check(nn, l, NULL); /* the call may have found the connection dead */
 	tick_need(nn);
 }
 
@@ -653,13 +666,38 @@ void nbdc_link_adopt(struct nbdc_node *nn, struct nbd_handle *h)
 	nn->state = NBDC_READY;
 }
 
-void nbdc_link_free_unattached(struct nbdc_node *nn)
+static void nop(void *arg)
 {
-	if (nn->link) {
-		nbd_close(nn->link->h);
-		free(nn->link);
-		nn->link = NULL;
+	(void)arg;
+}
+
+void nbdc_links_release(struct nbdc_node *nn)
+{
+	struct bd_loop *home = home_loop(nn);
+
+	if (!home) {
+		if (nn->link) {
+			nbd_close(nn->link->h);
+			free(nn->link);
+			nn->link = NULL;
+			atomic_fetch_sub(&nn->links_alive, 1);
+		}
+		return;
 	}
+	/* chan_close() stopped the last watch: let the home loop run until the ring has let go of
+	 * every watch and link_stopped() has freed the links (a few iterations). */
+	for (int i = 0; atomic_load(&nn->links_alive) > 0 && i < 5000; i++) {
+		if (home == bd_loop_current()) {
+			bd_loop_poll_once();
+			continue;
+		}
+		bd_loop_call(home, nop, NULL);
+		if (i > 10)
+			nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+	}
+	if (atomic_load(&nn->links_alive) > 0)
+		bd_log(BD_LOG_ERROR, "nbd '%s': %d connection(s) not released at close",
+		       bd_node_name(nn->node), atomic_load(&nn->links_alive));
 }
 
 int nbdc_chan_open(struct bd_node *node, struct bd_chan *ch)
@@ -670,7 +708,7 @@ int nbdc_chan_open(struct bd_node *node, struct bd_chan *ch)
 	if (atomic_compare_exchange_strong(&nn->home, &expected, bd_chan_loop(ch))) {
 		/* this loop owns the connection from now on */
 		if (nn->link)
-			link_check(nn, nn->link);
+			link_check(nn, nn->link, NULL);
 		tick_need(nn);
 	}
 	return 0;

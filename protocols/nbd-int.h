@@ -20,9 +20,10 @@
 struct nbdc_link {
 	struct nbd_handle *h;
 	struct bd_poll watch;
-	struct nbdc_node *nn; /* cleared when the link is retired */
-	uint64_t gen;	      /* number of the connection attempt */
-	bool dead;	      /* retired: no libnbd call on h any more but nbd_close */
+	struct nbdc_node *nn;	 /* cleared when the link is retired */
+	struct nbdc_node *owner; /* never cleared: counts the links not yet freed */
+	uint64_t gen;		 /* number of the connection attempt */
+	bool dead;		 /* retired: no libnbd call on h any more but nbd_close */
 };
 
 enum nbdc_state {
@@ -56,6 +57,7 @@ struct nbdc_node {
 	bool need_write;	     /* node is writable: the server must be too */
 	bool has_bs;		     /* base:allocation negotiated at open */
 
+	atomic_int links_alive; /* links not freed yet: close() waits for them */
 	/* The loop that owns the connection: the first loop to open a channel. */
 	_Atomic(struct bd_loop *) home;
 
@@ -88,7 +90,8 @@ void nbdc_chan_close(struct bd_node *node, struct bd_chan *ch);
 int nbdc_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *req);
 /* [control] Wrap the handle open() connected into the node's first link. */
 void nbdc_link_adopt(struct nbdc_node *nn, struct nbd_handle *h);
-/* [control, node closed] Free a link that never reached a loop. */
-void nbdc_link_free_unattached(struct nbdc_node *nn);
+/* [control, node closed] Free a link that never reached a loop, or wait until the home loop has
+ * freed every link (their watches are stopped asynchronously). */
+void nbdc_links_release(struct nbdc_node *nn);
 
 #endif /* BD_PROTOCOLS_NBD_INT_H */

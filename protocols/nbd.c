@@ -330,8 +330,7 @@ static void nbdc_close(struct bd_node *node)
 {
 	struct nbdc_node *nn = bd_node_priv(node);
 
-	if (!atomic_load(&nn->home))
-		nbdc_link_free_unattached(nn);
+	nbdc_links_release(nn);
 	free(nn->desc);
 	free(nn->export_name);
 	nn->desc = nn->export_name = NULL;
