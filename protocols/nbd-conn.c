@@ -26,6 +26,7 @@
 #define BACKOFF_MAX_NS (1000 * MS)	   /* retries never further apart than this */
 #define ATTEMPT_DEFAULT_NS (30000ull * MS) /* handshake bound when timeout=0 */
 #define BS_MAX_LEN (1ull << 30)		   /* block status asked per request at most */
+#define GRACE_NS (5000ull * MS) /* first connection went stale: wait this long for another */
 
 static void link_lost(struct nbdc_node *nn, struct nbdc_link *l, const char *why, bool timed_out);
 static void issue(struct nbdc_node *nn, struct nbdc_req *r);
@@ -34,6 +35,14 @@ static void link_check(struct nbdc_node *nn, struct nbdc_link *l, const char *er
 static struct bd_loop *home_loop(struct nbdc_node *nn)
 {
 	return atomic_load(&nn->home);
+}
+
+/* How long requests may wait for a connection now. */
+static uint64_t wait_ns(const struct nbdc_node *nn)
+{
+	if (nn->grace && nn->reconnect_delay_ns < GRACE_NS)
+		return GRACE_NS;
+	return nn->reconnect_delay_ns;
 }
 
 /* ---- queues ---------------------------------------------------------------------------------- */
@@ -157,8 +166,7 @@ static void done_run(struct bd_defer *d)
 		if (st < 0 && sent_on_lost_link(nn, r)) {
 			/* The server never answered: resend on the next connection if we may wait
 			 * for one (writes are idempotent), else it is an I/O error. */
-			if (!r->timed_out && !nn->failing && !nn->closing &&
-			    nn->reconnect_delay_ns) {
+			if (!r->timed_out && !nn->failing && !nn->closing && wait_ns(nn)) {
 				r->gen = 0;
 				r->status = 0;
 				r->got_extents = false;
@@ -183,6 +191,8 @@ static int cmd_done(void *opaque, int *error)
 	struct nbdc_node *nn = bd_node_priv(bd_chan_node(r->req->chan));
 
 	inflight_del(nn, r);
+	if (!*error && nn->link && nn->link->gen == r->gen)
+		nn->link->answered = true;
 	req_done(nn, r, *error ? -*error : 0);
 	return 1; /* retire the command */
 }
@@ -313,6 +323,7 @@ static void link_established(struct nbdc_node *nn, struct nbdc_link *l)
 	nn->state = NBDC_READY;
 	nn->dead_since_ns = 0;
 	nn->failing = false;
+	nn->grace = false;
 	nn->backoff_ns = 0;
 	nn->reconnects++;
 	issue_pending(nn);
@@ -418,6 +429,11 @@ static void link_lost(struct nbdc_node *nn, struct nbdc_link *l, const char *why
 	bd_poll_stop(&l->watch, link_stopped);
 
 	nn->state = NBDC_WAITING;
+	if (was_ready && !l->answered && l->gen == 1) {
+		/* The connection made at open went stale before it was used (the server restarted
+		 * meanwhile): not a failure the client should see, if a reconnection works. */
+		nn->grace = true;
+	}
 	if (was_ready) {
 		bd_log(BD_LOG_WARN, "nbd '%s': lost the connection to %s: %s; reconnecting",
 		       bd_node_name(nn->node), nn->desc, why);
@@ -434,7 +450,7 @@ static void link_lost(struct nbdc_node *nn, struct nbdc_link *l, const char *why
 	}
 	if (!nn->dead_since_ns)
 		nn->dead_since_ns = now;
-	if (!nn->reconnect_delay_ns && !nn->failing)
+	if (!wait_ns(nn) && !nn->failing)
 		set_failing(nn);
 	tick_need(nn);
 }
@@ -503,7 +519,7 @@ static void tick_fire(struct bd_timer *t)
 	if (nn->state == NBDC_WAITING && now >= nn->next_attempt_ns)
 		attempt_start(nn);
 	if (nn->state != NBDC_READY && nn->dead_since_ns && !nn->failing &&
-	    now - nn->dead_since_ns >= nn->reconnect_delay_ns) {
+	    now - nn->dead_since_ns >= wait_ns(nn)) {
 		bd_log(BD_LOG_WARN,
 		       "nbd '%s': %s is still unreachable after reconnect-delay; "
 		       "requests fail until it is back",
@@ -700,14 +716,31 @@ void nbdc_links_release(struct nbdc_node *nn)
 		       bd_node_name(nn->node), atomic_load(&nn->links_alive));
 }
 
+/* Has the peer closed l's socket (EOF or an error waiting)?  Never blocks. */
+static bool link_peer_closed(struct nbdc_link *l)
+{
+	int fd = nbd_aio_get_fd(l->h);
+	char c;
+	ssize_t n;
+
+	if (fd < 0)
+		return true;
+	n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 int nbdc_chan_open(struct bd_node *node, struct bd_chan *ch)
 {
 	struct nbdc_node *nn = bd_node_priv(node);
 	struct bd_loop *expected = NULL;
 
 	if (atomic_compare_exchange_strong(&nn->home, &expected, bd_chan_loop(ch))) {
-		/* this loop owns the connection from now on */
-		if (nn->link)
+		/* this loop owns the connection from now on; the server may have gone away since
+		 * open() (nothing watched the socket until now) */
+		if (nn->link && link_peer_closed(nn->link))
+			link_lost(nn, nn->link,
+				  "the server closed the connection before it was used", false);
+		else if (nn->link)
 			link_check(nn, nn->link, NULL);
 		tick_need(nn);
 	}

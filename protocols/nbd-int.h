@@ -24,6 +24,7 @@ struct nbdc_link {
 	struct nbdc_node *owner; /* never cleared: counts the links not yet freed */
 	uint64_t gen;		 /* number of the connection attempt */
 	bool dead;		 /* retired: no libnbd call on h any more but nbd_close */
+	bool answered;		 /* the server has answered a command on it */
 };
 
 enum nbdc_state {
@@ -70,6 +71,7 @@ struct nbdc_node {
 	uint64_t attempt_deadline_ns;
 	uint64_t backoff_ns;
 	bool failing; /* disconnected past reconnect-delay: requests fail at once */
+	bool grace;   /* the connection made at open died unused: wait for one reconnection */
 	bool timer_armed;
 	bool closing;
 	struct bd_timer tick;

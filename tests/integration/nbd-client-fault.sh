@@ -5,7 +5,8 @@
 # is restarted on the same socket and I/O works again without any QMP command, and every write
 # acknowledged before the kill is in the backing file.  With reconnect-delay=10 a write issued
 # while the server is down waits and succeeds once it is back.  A stopped (SIGSTOP) server makes
-# requests fail with EIO after timeout=3 seconds, and the connection recovers after SIGCONT.
+# requests fail with EIO after timeout=3 seconds, and the connection recovers after SIGCONT.  A node
+# whose connection went stale before it was ever used serves its first request after a restart.
 # meson-timeout: 180
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
@@ -39,13 +40,16 @@ start_server
 sock=$T/blockd.sock
 bd_start --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$qsock",export=disk,timeout=3 \
 	--blockdev driver=nbd,node-name=n1,server.type=unix,server.path="$qsock",export=disk,reconnect-delay=10 \
+	--blockdev driver=nbd,node-name=n2,server.type=unix,server.path="$qsock",export=disk \
 	--blockdev driver=file,node-name=f,filename="$other" \
 	--nbd-server addr.type=unix,addr.path="$sock" \
 	--export type=nbd,id=e0,node-name=n0,name=n0,writable=on \
 	--export type=nbd,id=e1,node-name=n1,name=n1,writable=on \
+	--export type=nbd,id=e2,node-name=n2,name=n2 \
 	--export type=nbd,id=ef,node-name=f,name=local,writable=on
 u0=$(bd_nbd_unix_uri "$sock" n0)
 u1=$(bd_nbd_unix_uri "$sock" n1)
+u2=$(bd_nbd_unix_uri "$sock" n2)
 uf=$(bd_nbd_unix_uri "$sock" local)
 
 now() { date +%s.%N; }
@@ -107,6 +111,10 @@ lt "$(elapsed "$t0" "$(now)")" 2 || fail "a read while disconnected did not fail
 
 # ---- 2. the server comes back on the same socket: I/O works again, acked writes are there --
 start_server
+# n2 was never used: its connection from startup went stale while the server was down, and the
+# first request after the restart must not see that
+out=$(qemu-io -r -f raw -c 'read 0 4k' "$u2" 2>&1) || fail "first read through the unused node: $out"
+assert_not_contains "$out" "error"
 bd_wait_for 15 qemu-io -r -f raw -c 'read 0 4k' "$u0"
 out=$(qemu-io -f raw -c 'write -P 0x3c 40M 64k' -c 'read -P 0x3c 40M 64k' "$u0" 2>&1) ||
 	fail "I/O after the restart: $out"
