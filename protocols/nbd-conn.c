@@ -298,8 +298,9 @@ static void set_failing(struct nbdc_node *nn)
 		req_done(nn, r, -EIO);
 }
 
-/* The connection (or attempt) is ready: check it is the same export, then send what waits. */
-static void link_established(struct nbdc_node *nn, struct nbdc_link *l)
+/* The connection (or attempt) is ready: check it is the same export, then send what waits.
+ * false when l was retired instead (it may be freed already). */
+static bool link_established(struct nbdc_node *nn, struct nbdc_link *l)
 {
 	int64_t size = nbd_get_size(l->h);
 
@@ -308,13 +309,13 @@ static void link_established(struct nbdc_node *nn, struct nbdc_link *l)
 		       bd_node_name(nn->node), nn->desc, (long long)size,
 		       (unsigned long long)nn->size);
 		link_lost(nn, l, "size changed", false);
-		return;
+		return false;
 	}
 	if (nn->need_write && nbd_is_read_only(l->h) != 0) {
 		bd_log(BD_LOG_WARN, "nbd '%s': %s is read-only now; not using it",
 		       bd_node_name(nn->node), nn->desc);
 		link_lost(nn, l, "read-only", false);
-		return;
+		return false;
 	}
 	if (nn->dead_since_ns)
 		bd_log(BD_LOG_INFO, "nbd '%s': reconnected to %s after %llu ms",
@@ -327,6 +328,7 @@ static void link_established(struct nbdc_node *nn, struct nbdc_link *l)
 	nn->backoff_ns = 0;
 	nn->reconnects++;
 	issue_pending(nn);
+	return nn->link == l && !l->dead;
 }
 
 /* After any libnbd call on l: notice death or the end of the handshake, re-arm the watch.  err
@@ -347,8 +349,7 @@ static void link_check(struct nbdc_node *nn, struct nbdc_link *l, const char *er
 	}
 	if (nn->state == NBDC_CONNECTING && nn->link == l) {
 		if (nbd_aio_is_ready(l->h)) {
-			link_established(nn, l);
-			if (l->dead)
+			if (!link_established(nn, l))
 				return;
 		} else if (!nbd_aio_is_connecting(l->h) && !nbd_aio_is_created(l->h)) {
 			link_lost(nn, l, why, false);
@@ -404,6 +405,11 @@ static void link_lost(struct nbdc_node *nn, struct nbdc_link *l, const char *why
 
 	if (l->dead)
 		return;
+	if (was_ready && !l->answered && l->gen == 1) {
+		/* The connection made at open went stale before it was used (the server restarted
+		 * meanwhile): not a failure the client should see, if a reconnection works. */
+		nn->grace = true;
+	}
 	for (r = nn->inflight_head; r; r = r->next)
 		if (r->gen == l->gen && timed_out)
 			r->timed_out = true;
@@ -426,14 +432,10 @@ static void link_lost(struct nbdc_node *nn, struct nbdc_link *l, const char *why
 	if (nn->link == l)
 		nn->link = NULL;
 	l->nn = NULL;
-	bd_poll_stop(&l->watch, link_stopped);
+	bd_poll_stop(&l->watch, link_stopped); /* may free l at once */
+	l = NULL;
 
 	nn->state = NBDC_WAITING;
-	if (was_ready && !l->answered && l->gen == 1) {
-		/* The connection made at open went stale before it was used (the server restarted
-		 * meanwhile): not a failure the client should see, if a reconnection works. */
-		nn->grace = true;
-	}
 	if (was_ready) {
 		bd_log(BD_LOG_WARN, "nbd '%s': lost the connection to %s: %s; reconnecting",
 		       bd_node_name(nn->node), nn->desc, why);
