@@ -7,7 +7,8 @@
 # while the server is down waits and succeeds once it is back.  A stopped (SIGSTOP) server makes
 # requests fail with EIO after timeout=3 seconds, and the connection recovers after SIGCONT.  A node
 # whose connection went stale before it was ever used serves its first request after a restart.
-# meson-timeout: 180
+# Two fio jobs with verify (one on another loop) survive three kills with reconnect-delay=10.
+# meson-timeout: 240
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 need qemu-nbd qemu-io nbdinfo python3 fio truncate
@@ -45,6 +46,8 @@ bd_start --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$qsock
 	--nbd-server addr.type=unix,addr.path="$sock" \
 	--export type=nbd,id=e0,node-name=n0,name=n0,writable=on \
 	--export type=nbd,id=e1,node-name=n1,name=n1,writable=on \
+	--object iothread,id=io1 \
+	--export type=nbd,id=e1b,node-name=n1,name=n1b,writable=on,iothread=io1 \
 	--export type=nbd,id=e2,node-name=n2,name=n2 \
 	--export type=nbd,id=ef,node-name=f,name=local,writable=on
 u0=$(bd_nbd_unix_uri "$sock" n0)
@@ -161,6 +164,32 @@ lt 2.5 "$d" || fail "the read failed too early ($d s)"
 lt "$d" 6 || fail "the read failed too late ($d s, timeout=3)"
 grep -q "no answer from unix:$qsock" "$BD_LOG" || fail "no timeout message in the log"
 bd_wait_for 15 qemu-io -r -f raw -c 'read -P 0x2d 48M 128k' "$u0"
+
+# ---- 5. reconnect-delay=10 under load: three kills during two verifying fio jobs ------------
+# (one through an export on another loop, forwarded to the connection's loop); every request
+# waits for the server and is resent, so both jobs finish without an error and verify their data
+bd_wait_for 15 qemu-io -r -f raw -c 'read 0 4k' "$u1"
+u1b=$(bd_nbd_unix_uri "$sock" n1b)
+fio --name=v --ioengine=nbd --uri="$u1" --rw=randwrite --bs=4k --iodepth=16 --size=16M \
+	--verify=crc32c --do_verify=1 --rate_iops=1500 >"$T/fio-v.out" 2>&1 &
+fv=$!
+fio --name=w --ioengine=nbd --uri="$u1b" --rw=randwrite --bs=64k --iodepth=8 --offset=32M \
+	--size=16M --verify=crc32c --do_verify=1 --rate_iops=150 >"$T/fio-w.out" 2>&1 &
+fw=$!
+bd_on_exit "kill $fv $fw"
+for i in 1 2 3; do
+	sleep 0.8
+	kill -KILL "$QN"
+	wait "$QN" 2>/dev/null || true
+	sleep 0.3
+	start_server
+done
+wait "$fv" || fail "fio through n1 failed: $(tail -20 "$T/fio-v.out")"
+wait "$fw" || fail "fio through n1b failed: $(tail -20 "$T/fio-w.out")"
+assert_match "$(cat "$T/fio-v.out")" "err= 0" "fio v"
+assert_match "$(cat "$T/fio-w.out")" "err= 0" "fio w"
+assert_not_contains "$(cat "$T/fio-v.out" "$T/fio-w.out")" "verify:"
+echo "two verifying fio jobs survived three server kills"
 
 bd_stop
 bd_kill "$QN"
