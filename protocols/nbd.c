@@ -30,10 +30,12 @@ struct nbd_handle *nbdc_handle_new(struct nbdc_node *nn)
 
 	if (!h)
 		return NULL;
+	/* pread_initialize stays on (libnbd's default): a server that answers a read with fewer
+	 * bytes than asked must not hand a client what its buffer held before */
 	if (nbd_set_handle_name(h, bd_node_name(nn->node)) == -1 ||
 	    (nn->export_name && nbd_set_export_name(h, nn->export_name) == -1) ||
 	    nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-	    nbd_set_pread_initialize(h, false) == -1 || nbd_set_request_block_size(h, true) == -1) {
+	    nbd_set_request_block_size(h, true) == -1) {
 		nbd_close(h);
 		return NULL;
 	}
