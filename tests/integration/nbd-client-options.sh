@@ -2,7 +2,8 @@
 # nbd-client-options.sh - options of the nbd protocol driver: a read-only server (qemu-nbd -r)
 # needs read-only=on (or auto-read-only=on) and is then served read-only with the right bytes;
 # nbd+unix:// URIs in filename; open-timeout waits for a server that starts late; malformed
-# options and unreachable servers give clear errors and a clean exit 1.
+# options and unreachable servers give clear errors and a clean exit 1; blockdev-add / blockdev-del
+# over QMP with QEMU's JSON shape.
 # meson-timeout: 120
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
@@ -51,6 +52,38 @@ bd_start --blockdev driver=nbd,node-name=l,server.type=unix,server.path="$late",
 	--export type=nbd,id=el,node-name=l,name=late
 assert_eq "$(nbdinfo --size "$(bd_nbd_unix_uri "$sock" late)")" 4194304 "size through a late server"
 bd_stop
+
+# QMP: blockdev-add with QEMU's JSON shape (TCP server, port as a string), export, read,
+# describe, then block-export-del and blockdev-del close the connection; bad JSON is refused
+BLOCKCTL=${BLOCKCTL:-${BUILD_DIR:-$(dirname "$BLOCKD")}/blockctl}
+if [ -x "$BLOCKCTL" ]; then
+	q() { "$BLOCKCTL" --socket "$T/c.sock" qmp "$@"; }
+	port=$(bd_free_port)
+	bd_spawn qemu-nbd-tcp qemu-nbd -t -e 4 -r -f raw -b 127.0.0.1 -p "$port" -x ro "$img"
+	qtcp=$BD_SPAWN_PID
+	bd_wait_for 10 nbdinfo --size "nbd://127.0.0.1:$port/ro"
+	bd_start --control "$T/c.sock" --nbd-server addr.type=unix,addr.path="$sock"
+	q blockdev-add "{\"driver\": \"nbd\", \"node-name\": \"qn\", \"read-only\": true,
+		\"server\": {\"type\": \"inet\", \"host\": \"127.0.0.1\", \"port\": \"$port\"},
+		\"export\": \"ro\", \"reconnect-delay\": 5, \"timeout\": 10}" >/dev/null
+	q block-export-add '{"type": "nbd", "id": "eq", "node-name": "qn", "name": "q"}' >/dev/null
+	nbdcopy "$(bd_nbd_unix_uri "$sock" q)" "$T/copy-q.raw"
+	assert_file_eq "$T/copy-q.raw" "$img"
+	info=$(q query-named-block-nodes '{}')
+	assert_contains "$info" "tcp:127.0.0.1:$port"
+	if q blockdev-add '{"driver": "nbd", "node-name": "bad", "server": {"type": "unix"}}' \
+		>"$T/bad" 2>&1; then
+		fail "blockdev-add without server.path was accepted"
+	fi
+	assert_contains "$(cat "$T/bad")" "server.path"
+	q block-export-del '{"id": "eq"}' >/dev/null
+	sleep 0.3
+	q blockdev-del '{"node-name": "qn"}' >/dev/null
+	info=$(q query-named-block-nodes '{}')
+	assert_not_contains "$info" '"qn"'
+	bd_stop
+	bd_kill "$qtcp"
+fi
 
 # bad options: one line naming the node and the cause, exit 1, never a crash
 nosock=$T/nobody.sock
