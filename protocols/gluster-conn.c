@@ -32,10 +32,32 @@ void gl_loc_free(struct gl_loc *loc)
 	memset(loc, 0, sizeof(*loc));
 }
 
+/* Text that goes into messages, option trees and gfapi: no control characters, valid UTF-8. */
+static bool valid_text(const char *s)
+{
+	json_t *j;
+	for (const char *c = s; *c; c++)
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			return false;
+	j = json_string(s);
+	json_decref(j);
+	return j != NULL;
+}
+
+static int check_host(const char *h, struct bd_err *err)
+{
+	if (!h || !*h || h[0] == '-' || !valid_text(h) || strpbrk(h, "/?#@ []"))
+		return bd_err_set(err, -EINVAL, "gluster: invalid server host '%s'",
+				  h && valid_text(h) ? h : "(unprintable)");
+	return 0;
+}
+
 static int set_path(struct gl_loc *loc, const char *path, struct bd_err *err)
 {
 	if (!path || !*path)
 		return bd_err_set(err, -EINVAL, "gluster: the image path is missing");
+	if (!valid_text(path))
+		return bd_err_set(err, -EINVAL, "gluster: invalid image path");
 	if (asprintf(&loc->path, "%s%s", path[0] == '/' ? "" : "/", path) < 0) {
 		loc->path = NULL;
 		return bd_err_set(err, -ENOMEM, "Out of memory");
@@ -47,9 +69,9 @@ static int check_volume(const char *v, struct bd_err *err)
 {
 	if (!v || !*v)
 		return bd_err_set(err, -EINVAL, "gluster: the volume name is missing");
-	for (const char *c = v; *c; c++)
-		if (*c == '/' || (unsigned char)*c < 0x20)
-			return bd_err_set(err, -EINVAL, "gluster: invalid volume name '%s'", v);
+	if (strchr(v, '/') || strchr(v, '?') || !valid_text(v))
+		return bd_err_set(err, -EINVAL, "gluster: invalid volume name '%s'",
+				  valid_text(v) ? v : "(unprintable)");
 	return 0;
 }
 
@@ -62,6 +84,9 @@ int gl_uri_parse(const char *uri, struct gl_loc *loc, struct bd_err *err)
 
 	memset(loc, 0, sizeof(*loc));
 	loc->debug = GL_DEFAULT_DEBUG;
+	if (!valid_text(uri))
+		return bd_err_set(err, -EINVAL,
+				  "gluster: invalid URI (control characters or invalid UTF-8)");
 	if (!strncmp(uri, "gluster://", 10)) {
 		p = uri + 10;
 	} else if (!strncmp(uri, "gluster+tcp://", 14)) {
@@ -131,9 +156,10 @@ int gl_uri_parse(const char *uri, struct gl_loc *loc, struct bd_err *err)
 				       "?socket=PATH with gluster+unix)",
 				       q + 1);
 	}
-	if (r == 0 && unix_sock && (!sock || !*sock || host))
-		r = bd_err_set(err, -EINVAL,
-			       "gluster+unix URIs need ?socket=PATH and no host: '%s'", uri);
+	if (r == 0 && unix_sock && (!sock || !*sock || host || !valid_text(sock)))
+		r = bd_err_set(err, -EINVAL, "gluster+unix URIs need ?socket=PATH and no host");
+	if (r == 0 && !unix_sock && host)
+		r = check_host(host, err);
 	if (r < 0) {
 		free(host);
 		free(sock);
@@ -172,6 +198,8 @@ static int parse_server(json_t *o, int i, struct gl_server *s, struct bd_err *er
 			return bd_err_set(err, -EINVAL, "Parameter 'server.%d.path' is missing", i);
 		if (r < 0)
 			return bd_err_prefix(err, "server.%d", i);
+		if (!*path || !valid_text(path))
+			return bd_err_set(err, -EINVAL, "server.%d.path: invalid socket path", i);
 		s->unix_sock = true;
 		s->path = strdup(path);
 	} else {
@@ -186,9 +214,8 @@ static int parse_server(json_t *o, int i, struct gl_server *s, struct bd_err *er
 		if (port == 0 || port > 65535)
 			return bd_err_set(err, -EINVAL, "server.%d.port: invalid port %llu", i,
 					  (unsigned long long)port);
-		if (!*host || host[0] == '-')
-			return bd_err_set(err, -EINVAL, "server.%d.host: invalid host '%s'", i,
-					  host);
+		if ((r = check_host(host, err)) < 0)
+			return bd_err_prefix(err, "server.%d", i);
 		s->host = strdup(host);
 		s->port = (int)port;
 	}
@@ -276,6 +303,10 @@ int gl_loc_parse(json_t *opts, struct gl_loc *loc, bool allow_filename, struct b
 	r = bd_opts_str(opts, "logfile", &logfile, err);
 	if (r < 0 && r != -ENOENT)
 		goto fail;
+	if (logfile && (!*logfile || !valid_text(logfile))) {
+		r = bd_err_set(err, -EINVAL, "gluster: invalid logfile");
+		goto fail;
+	}
 	if (logfile && !(loc->logfile = strdup(logfile))) {
 		r = bd_err_set(err, -ENOMEM, "Out of memory");
 		goto fail;
