@@ -42,8 +42,8 @@ nbdcopy --flush "$T/a" "$G"
 # a workload: flushed 64 KiB writes at 8 MiB, each with its own pattern; the outcome logged
 cat >"$T/wl.sh" <<-EOF
 	for i in \$(seq 1 150); do
-	    if qemu-io -f raw -c "write -P \$i 8M 64k" -c flush "$G" >/dev/null 2>&1; then
-	        echo "ok \$i"; else echo "fail \$i"; fi
+	    out=\$(qemu-io -f raw -c "write -P \$i 8M 64k" -c flush "$G" 2>&1)
+	    case \$out in *failed* | *rror*) echo "fail \$i" ;; *) echo "ok \$i" ;; esac
 	done
 EOF
 bd_spawn wl bash "$T/wl.sh"

@@ -15,6 +15,9 @@
 # there whatever its working directory); everything else is under $T/gluster.
 
 GL_LOCK=/tmp/blockd-test-gluster.lock
+# gfapi's own allocations outlive glfs_fini: not blockd's leaks (sanitizer builds)
+LSAN_OPTIONS="${LSAN_OPTIONS:-exitcode=66}:suppressions=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/gluster-lsan.supp"
+export LSAN_OPTIONS
 GL_PORT=24007
 GL_VOLS=()
 GL_MOUNTS=()
