@@ -49,7 +49,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!s)
 		return 0;
-	memcpy(s, data, size);
+	if (size)
+		memcpy(s, data, size);
 	s[size] = '\0';
 	if (gl_uri_parse(s, &loc, &err) == 0) {
 		roundtrip(&loc);
