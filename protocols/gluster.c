@@ -67,6 +67,7 @@ struct gl_op {
 	struct bd_loop *loop;
 	struct bd_req *req; /* NULL once abandoned */
 	struct bd_timer timer;
+	struct bd_defer defer; /* completion that came inline, on the loop's own thread */
 	ssize_t ret;
 	int err;
 	void *buf; /* read bounce buffer */
@@ -178,6 +179,11 @@ static void op_done_msg(void *arg)
 	bd_req_complete(req, ret);
 }
 
+static void op_done_defer(struct bd_defer *d)
+{
+	op_done_msg(container_of(d, struct gl_op, defer));
+}
+
 /* [gfapi thread, or inline in the submitting call] */
 static void op_cbk(glfs_fd_t *fd, ssize_t ret, struct glfs_stat *pre, struct glfs_stat *post,
 		   void *data)
@@ -191,6 +197,12 @@ static void op_cbk(glfs_fd_t *fd, ssize_t ret, struct glfs_stat *pre, struct glf
 	op->err = ret < 0 ? errno : 0;
 	op->ret = ret;
 	if (atomic_compare_exchange_strong(&op->state, &expected, OP_DONE)) {
+		if (bd_loop_current() == op->loop) {
+			/* inline (write-behind acknowledged at once): no message, no wake-up */
+			op->defer.fn = op_done_defer;
+			bd_loop_defer(op->loop, &op->defer);
+			return;
+		}
 		while (bd_loop_send(op->loop, op_done_msg, op) < 0)
 			; /* -ENOMEM: nothing else can report this completion */
 		return;
@@ -493,7 +505,8 @@ static int gl_create(struct bd_node *file, json_t *opts, struct bd_err *err)
 		return bd_err_set(err, -EINVAL, "location.driver must be 'gluster'");
 	if ((r = gl_loc_parse(lo, &loc, false, err)) < 0)
 		return bd_err_prefix(err, "location");
-	bd_opts_str(lo, "timeout", &drv, NULL);
+	if (json_object_get(lo, "timeout")) /* a node's option, meaningless here */
+		bd_opts_mark_used(lo, "timeout");
 	if ((r = bd_opts_check_unused(lo, "location", err)) < 0)
 		goto out_loc;
 	r = bd_opts_size(opts, "size", &size, err);

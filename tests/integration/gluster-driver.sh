@@ -68,6 +68,15 @@ bc export-add type=nbd,id=e1,node-name=g1,name=ro >/dev/null
 nbdcopy "$(URI ro)" "$T/out2"
 assert_eq "$(cmp -n 16777216 "$T/in" "$T/out2" && echo same)" same "read through the URI node"
 
+# glusterd's unix socket as the volfile server (both spellings)
+if [ -S /var/run/glusterd.socket ]; then
+	bc node-add driver=gluster,node-name=u1,read-only=on,filename='gluster+unix:///gvd/d.img?socket=/var/run/glusterd.socket' >/dev/null
+	bc qmp blockdev-add '{"driver":"gluster","node-name":"u2","read-only":true,"volume":"gvd","path":"/d.img","server":[{"type":"unix","path":"/var/run/glusterd.socket"}]}' >/dev/null
+	assert_contains "$(bc node-list)" "u2"
+	bc node-del u1 >/dev/null
+	bc node-del u2 >/dev/null
+fi
+
 # errors name the cause
 assert_fails bc node-add driver=gluster,node-name=b1,path=/x
 assert_contains "$BD_OUT" "volume"
