@@ -22,9 +22,11 @@
  * before the brick has it, and a flush (fdatasync) is what makes it durable; with
  * resync-failed-syncs-after-fsync a failed flush keeps the data for the next one.
  */
+#include "protocols/file-probe.h"
 #include "protocols/gluster-int.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,8 @@
 #define GL_DEFAULT_TIMEOUT 30
 #define GL_BOUNCE_KEEP (1u << 20) /* free-list operations keep bounce buffers up to this size */
 #define GL_FREE_MAX 256
+#define GL_BS_THREADS 4	 /* block-status lookups in flight per node; more are answered "data" */
+#define GL_BS_EXTENTS 64 /* extents one block-status answer describes at most */
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -43,6 +47,7 @@ struct gl_file {
 	struct gl_conn *conn;
 	glfs_fd_t *fd;
 	atomic_int refs;
+	atomic_uint bs_threads; /* block-status helper threads running */
 };
 
 struct gl_node {
@@ -55,6 +60,7 @@ struct gl_node {
 	bool discard_unmap;
 	atomic_bool no_zerofill;
 	atomic_uint timeouts; /* requests failed by the timer (for describe and the log) */
+	atomic_bool no_seek;  /* the volume has no SEEK_DATA: block status says "data" */
 };
 
 enum op_state { OP_PENDING, OP_DONE, OP_ABANDONED };
@@ -72,7 +78,12 @@ struct gl_op {
 	int err;
 	void *buf; /* read bounce buffer */
 	size_t cap;
-	bool bounced;	    /* this read went through buf */
+	bool bounced; /* this read went through buf */
+	/* block status: computed on a helper thread into ext (owned by the operation) */
+	struct bd_extent *ext;
+	unsigned max_ext;
+	uint64_t bs_off, bs_len;
+	glfs_fd_t *fd;
 	struct gl_op *next; /* channel free list */
 };
 
@@ -106,6 +117,7 @@ static struct gl_op *op_get(struct gl_chan *gc)
 
 static void op_free(struct gl_op *op)
 {
+	free(op->ext);
 	free(op->buf);
 	free(op);
 }
@@ -155,7 +167,15 @@ static void op_done_msg(void *arg)
 
 	if (gn->timeout_ns)
 		bd_timer_cancel(op->loop, &op->timer);
-	if (op->ret < 0) {
+	if (op->ret < 0 && req->op == BD_OP_BLOCK_STATUS) {
+		if (op->err == ENOTSUP || op->err == EOPNOTSUPP || op->err == EINVAL ||
+		    op->err == ENOSYS)
+			atomic_store(&gn->no_seek, true);
+		ret = 0; /* advisory: say "data" */
+		req->extents[0] =
+		    (struct bd_extent){.length = req->len, .flags = BD_EXT_DATA, .depth = 1};
+		req->nr_extents = 1;
+	} else if (op->ret < 0) {
 		ret = map_err(op->err);
 		if (req->op == BD_OP_WRITE_ZEROES && (ret == -EOPNOTSUPP || ret == -ENOSYS)) {
 			atomic_store(&gn->no_zerofill, true);
@@ -163,6 +183,9 @@ static void op_done_msg(void *arg)
 		} else if (req->op == BD_OP_DISCARD && (ret == -EOPNOTSUPP || ret == -ENOSYS)) {
 			ret = 0; /* advisory */
 		}
+	} else if (req->op == BD_OP_BLOCK_STATUS) {
+		memcpy(req->extents, op->ext, (size_t)op->ret * sizeof(*op->ext));
+		req->nr_extents = (unsigned)op->ret;
 	} else if (req->op == BD_OP_READ) {
 		size_t got = (size_t)op->ret;
 		if (got > req->len)
@@ -185,17 +208,26 @@ static void op_done_defer(struct bd_defer *d)
 }
 
 /* [gfapi thread, or inline in the submitting call] */
+static void op_finish(struct gl_op *op);
+
 static void op_cbk(glfs_fd_t *fd, ssize_t ret, struct glfs_stat *pre, struct glfs_stat *post,
 		   void *data)
 {
 	struct gl_op *op = data;
-	int expected = OP_PENDING;
 
 	(void)fd;
 	(void)pre;
 	(void)post;
 	op->err = ret < 0 ? errno : 0;
 	op->ret = ret;
+	op_finish(op);
+}
+
+/* [any] The result is in op: hand it to the loop, or free an abandoned operation. */
+static void op_finish(struct gl_op *op)
+{
+	int expected = OP_PENDING;
+
 	if (atomic_compare_exchange_strong(&op->state, &expected, OP_DONE)) {
 		if (bd_loop_current() == op->loop) {
 			/* inline (write-behind acknowledged at once): no message, no wake-up */
@@ -211,6 +243,62 @@ static void op_cbk(glfs_fd_t *fd, ssize_t ret, struct glfs_stat *pre, struct glf
 	struct gl_file *f = op->file;
 	op_free(op);
 	file_unref(f);
+}
+
+static int64_t bs_seek(void *ctx, uint64_t off, int whence)
+{
+	off_t r = glfs_lseek(ctx, (off_t)off, whence);
+	return r < 0 ? -(errno ? errno : EIO) : (int64_t)r;
+}
+
+/* [helper thread] glfs_lseek is synchronous: never on the loop. */
+static void *bs_thread(void *arg)
+{
+	struct gl_op *op = arg;
+	struct gl_file *f = op->file; /* alive: by the node, or by the abandoned operation */
+	int n = file_map_extents(bs_seek, op->fd, op->bs_off, op->bs_len, 1, op->ext, op->max_ext);
+
+	atomic_fetch_sub(&f->bs_threads, 1);
+	op->ret = n;
+	op->err = n < 0 ? -n : 0;
+	op_finish(op);
+	return NULL;
+}
+
+/* Start a block-status lookup; false when none can run (the caller answers "data"). */
+static bool bs_start(struct gl_node *gn, struct gl_op *op, struct bd_req *req)
+{
+	pthread_attr_t a;
+	pthread_t th;
+	int r;
+
+	if (atomic_load(&gn->no_seek) ||
+	    atomic_fetch_add(&gn->file->bs_threads, 1) >= GL_BS_THREADS) {
+		if (!atomic_load(&gn->no_seek))
+			atomic_fetch_sub(&gn->file->bs_threads, 1);
+		return false;
+	}
+	op->max_ext = (req->flags & BD_REQ_BS_ONE) ? 1 : req->max_extents;
+	if (op->max_ext > GL_BS_EXTENTS)
+		op->max_ext = GL_BS_EXTENTS;
+	free(op->ext);
+	op->ext = calloc(op->max_ext, sizeof(*op->ext));
+	if (!op->ext) {
+		atomic_fetch_sub(&gn->file->bs_threads, 1);
+		return false;
+	}
+	op->fd = gn->file->fd;
+	op->bs_off = req->offset;
+	op->bs_len = req->len;
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	r = pthread_create(&th, &a, bs_thread, op);
+	pthread_attr_destroy(&a);
+	if (r != 0) {
+		atomic_fetch_sub(&gn->file->bs_threads, 1);
+		return false;
+	}
+	return true;
 }
 
 /* [loop] The timeout. */
@@ -247,6 +335,17 @@ static int gl_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *re
 	case BD_OP_READ:
 	case BD_OP_FLUSH:
 		break;
+	case BD_OP_BLOCK_STATUS:
+		if (req->max_extents == 0)
+			return -EINVAL;
+		if (atomic_load(&gn->no_seek)) {
+			req->extents[0] = (struct bd_extent){
+			    .length = req->len, .flags = BD_EXT_DATA, .depth = 1};
+			req->nr_extents = 1;
+			bd_req_complete_later(req, 0);
+			return 0;
+		}
+		break;
 	case BD_OP_WRITE:
 	case BD_OP_DISCARD:
 	case BD_OP_WRITE_ZEROES:
@@ -281,6 +380,18 @@ static int gl_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *re
 
 	errno = 0;
 	switch (req->op) {
+	case BD_OP_BLOCK_STATUS:
+		if (bs_start(gn, op, req)) {
+			r = 0;
+			break;
+		}
+		op->req = NULL;
+		op_put(gc, op);
+		req->extents[0] =
+		    (struct bd_extent){.length = req->len, .flags = BD_EXT_DATA, .depth = 1};
+		req->nr_extents = 1;
+		bd_req_complete_later(req, 0);
+		return 0;
 	case BD_OP_READ:
 		if (!gn->timeout_ns) {
 			r = glfs_preadv_async(fd, req->iov, req->iovcnt, (off_t)req->offset, 0,
@@ -436,7 +547,8 @@ static int gl_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	limits->max_transfer = GL_MAX_TRANSFER;
 	limits->max_discard = 1u << 30;
 	limits->opt_transfer = 0;
-	limits->ops = BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_FLUSH);
+	limits->ops =
+	    BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_FLUSH) | BD_OP_BIT(BD_OP_BLOCK_STATUS);
 	if (gn->writable) {
 		limits->ops |= BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_WRITE_ZEROES);
 		if (gn->discard_unmap)

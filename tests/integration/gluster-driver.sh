@@ -46,6 +46,15 @@ nbdcopy "$(URI disk)" "$T/out"
 assert_eq "$(cmp -n 16777216 "$T/in" "$T/out" && echo same)" same "data read back through NBD"
 assert_eq "$(cmp -n 16777216 "$T/in" "$BRICK/d.img" && echo same)" same "data on the brick"
 
+# block status: the written part is data, the rest of the sparse file a hole (when the brick's
+# file system has SEEK_DATA)
+map=$(nbdinfo --map "$(URI disk)")
+echo "$map"
+assert_match "$(echo "$map" | head -1)" "^ +0 +16777216 +0 +data" "first extent"
+if ! echo "$map" | grep -q "hole"; then
+	echo "note: the brick's file system reports no holes"
+fi
+
 # write-zeroes and discard (discard=unmap: the brick punches a hole)
 out=$(qemu-io -f raw -c "write -P 0x5a 20M 4M" -c "write -z 20M 1M" -c "discard 22M 1M" \
 	-c "read -P 0 20M 1M" -c "read -P 0x5a 21M 1M" -c "read -P 0 22M 1M" \
