@@ -492,12 +492,16 @@ static int gl_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	glfs_fd_t *fd;
 	struct stat st;
 	char where[1024];
+	bool block_status = false;
 	int r;
 
 	memset(gn, 0, sizeof(*gn));
 	if ((r = gl_loc_parse(opts, &gn->loc, true, err)) < 0)
 		return r;
 	if ((r = read_timeout(opts, &gn->timeout_ns, err)) < 0)
+		goto fail;
+	r = bd_opts_bool(opts, "block-status", &block_status, err);
+	if (r < 0 && r != -ENOENT)
 		goto fail;
 	gn->name = strdup(gl_loc_str(&gn->loc, where, sizeof(where)));
 	gn->writable = !common->read_only;
@@ -547,8 +551,9 @@ static int gl_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	limits->max_transfer = GL_MAX_TRANSFER;
 	limits->max_discard = 1u << 30;
 	limits->opt_transfer = 0;
-	limits->ops =
-	    BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_FLUSH) | BD_OP_BIT(BD_OP_BLOCK_STATUS);
+	limits->ops = BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_FLUSH);
+	if (block_status)
+		limits->ops |= BD_OP_BIT(BD_OP_BLOCK_STATUS);
 	if (gn->writable) {
 		limits->ops |= BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_WRITE_ZEROES);
 		if (gn->discard_unmap)
@@ -689,6 +694,9 @@ static const struct bd_opt_desc gl_options[] = {
      "path}"},
     {"debug", BD_OPT_INT, false, NULL, "gfapi log level 0..9 (default 4: warnings)"},
     {"logfile", BD_OPT_STR, false, NULL, "gfapi's log file ('-' or absent: stderr)"},
+    {"block-status", BD_OPT_BOOL, false, NULL,
+     "answer block status with SEEK_DATA/SEEK_HOLE (default off: every answer costs a "
+     "synchronous request to the server, and NBD exports ask before each read)"},
     {"timeout", BD_OPT_INT, false, NULL,
      "seconds a request may take before it fails with EIO (default 30, 0 = wait forever)"},
     {NULL},

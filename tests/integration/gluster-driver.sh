@@ -35,7 +35,7 @@ bc qmp job-dismiss '{"id":"c1"}' >/dev/null
 assert_eq "$(stat -c %s "$BRICK/d.img")" 67108864 "size of the created file on the brick"
 
 # open with the server list (as QEMU's -blockdev) and export it
-bc qmp blockdev-add "{\"driver\":\"gluster\",\"node-name\":\"g0\",\"volume\":\"gvd\",\"path\":\"d.img\",\"server\":$SRV,\"discard\":\"unmap\",\"timeout\":10}" >/dev/null
+bc qmp blockdev-add "{\"driver\":\"gluster\",\"node-name\":\"g0\",\"volume\":\"gvd\",\"path\":\"d.img\",\"server\":$SRV,\"discard\":\"unmap\",\"timeout\":10,\"block-status\":true}" >/dev/null
 bc export-add type=nbd,id=e0,node-name=g0,name=disk,writable=on >/dev/null
 assert_eq "$(nbdinfo --size "$(URI disk)")" 67108864 "export size"
 
