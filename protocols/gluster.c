@@ -35,7 +35,8 @@
 
 #define GL_MAX_TRANSFER (1u << 20)
 #define GL_DEFAULT_TIMEOUT 30
-#define GL_BOUNCE_KEEP (1u << 20) /* free-list operations keep bounce buffers up to this size */
+#define GL_BOUNCE_KEEP (1u << 20)   /* free-list operations keep bounce buffers up to this size */
+#define GL_BOUNCE_CACHE (32u << 20) /* ... and at most this much per channel in all */
 #define GL_FREE_MAX 256
 #define GL_BS_THREADS 4	 /* block-status lookups in flight per node; more are answered "data" */
 #define GL_BS_EXTENTS 64 /* extents one block-status answer describes at most */
@@ -90,6 +91,7 @@ struct gl_op {
 struct gl_chan {
 	struct gl_op *free_ops;
 	unsigned nfree;
+	size_t cached; /* bytes of bounce buffers held by free_ops */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -110,6 +112,7 @@ static struct gl_op *op_get(struct gl_chan *gc)
 	if (op) {
 		gc->free_ops = op->next;
 		gc->nfree--;
+		gc->cached -= op->cap;
 		return op;
 	}
 	return calloc(1, sizeof(*op));
@@ -124,13 +127,19 @@ static void op_free(struct gl_op *op)
 
 static void op_put(struct gl_chan *gc, struct gl_op *op)
 {
-	if (gc->nfree >= GL_FREE_MAX || op->cap > GL_BOUNCE_KEEP) {
+	if (gc->nfree >= GL_FREE_MAX) {
 		op_free(op);
 		return;
+	}
+	if (op->cap > GL_BOUNCE_KEEP || gc->cached + op->cap > GL_BOUNCE_CACHE) {
+		free(op->buf);
+		op->buf = NULL;
+		op->cap = 0;
 	}
 	op->next = gc->free_ops;
 	gc->free_ops = op;
 	gc->nfree++;
+	gc->cached += op->cap;
 }
 
 /* Errors of the transport mean "the volume is unreachable": the caller sees EIO. */
@@ -453,6 +462,7 @@ static void gl_chan_close(struct bd_node *node, struct bd_chan *ch)
 		op_free(op);
 	}
 	gc->nfree = 0;
+	gc->cached = 0;
 }
 
 /* ---------------------------------------------------------------------------------------------
