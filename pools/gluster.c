@@ -393,7 +393,7 @@ static int gp_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned f
 		if (flags & BD_RESIZE_ALLOCATE)
 			return bd_err_set(err, -ENOTSUP,
 					  "allocate is not supported for qcow2 volumes");
-		if ((r = bd_vol_open(p->def->name, v->name, "gluster-pool-resize", false, err)) < 0)
+		if ((r = bd_vol_open(p->def->name, v->name, "gluster-pool-resize", "qcow2", false, err)) < 0)
 			return r;
 		snprintf(node, sizeof(node), "gluster-pool-resize");
 		r = bd_node_resize(bd_graph_find(node), cap, err);
