@@ -325,6 +325,8 @@ struct bd_limits {
 				* the node read-only */
 	bool zeroes_unmap;     /* write-zeroes with MAY_UNMAP can deallocate */
 	bool can_resize;
+	bool block_status_costly; /* block status costs a server round trip (nbd, gluster):
+				   * exports do not ask for it before every read */
 	uint32_t compress_cluster; /* > 0: takes BD_REQ_WRITE_COMPRESSED writes in units of this
 				    * many bytes (a power of two, a multiple of req_align) */
 };

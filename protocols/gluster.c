@@ -564,6 +564,7 @@ static int gl_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	limits->ops = BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_FLUSH);
 	if (block_status)
 		limits->ops |= BD_OP_BIT(BD_OP_BLOCK_STATUS);
+	limits->block_status_costly = true; /* a seek round trip to the brick */
 	if (gn->writable) {
 		limits->ops |= BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_WRITE_ZEROES);
 		if (gn->discard_unmap)

@@ -203,6 +203,7 @@ static void fill_limits(struct nbdc_node *nn, struct nbd_handle *h, struct bd_li
 		limits->ops |= BD_OP_BIT(BD_OP_WRITE_ZEROES);
 	if (nn->has_bs)
 		limits->ops |= BD_OP_BIT(BD_OP_BLOCK_STATUS);
+	limits->block_status_costly = true; /* a round trip to the server */
 	if (nbd_can_cache(h) == 1)
 		limits->ops |= BD_OP_BIT(BD_OP_CACHE);
 	limits->req_align = min;

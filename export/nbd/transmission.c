@@ -1009,7 +1009,8 @@ void nbd_conn_start(void *arg)
 	conn->tx_io.done = tx_done;
 	conn->tx_defer.fn = tx_defer_fn;
 	conn->rx_defer.fn = rx_defer_fn;
-	conn->sparse_reads = lim && (lim->ops & BD_OP_BIT(BD_OP_BLOCK_STATUS));
+	conn->sparse_reads =
+	    lim && (lim->ops & BD_OP_BIT(BD_OP_BLOCK_STATUS)) && !lim->block_status_costly;
 	conn->can_cache = bd_node_can(conn->node, BD_OP_CACHE);
 	conn->fast_zero = bd_node_fast_zero(conn->node);
 	if (!conn->ch) {
