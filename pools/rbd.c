@@ -477,6 +477,14 @@ static int rp_vol_delete(struct pool *p, struct vol *v, struct bd_err *err)
 	return 0;
 }
 
+static int no_progress(uint64_t done, uint64_t total, void *arg)
+{
+	(void)done;
+	(void)total;
+	(void)arg;
+	return 0;
+}
+
 static int rp_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned flags,
 			 struct bd_err *err)
 {
@@ -484,7 +492,7 @@ static int rp_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned f
 	int r;
 	if ((r = open_image(p, v->name, &img, false, err)) < 0)
 		return r;
-	r = rbd_resize2(img, cap, (flags & BD_RESIZE_SHRINK) != 0, NULL, NULL);
+	r = rbd_resize2(img, cap, (flags & BD_RESIZE_SHRINK) != 0, no_progress, NULL);
 	rbd_close(img);
 	if (r < 0)
 		return bd_err_set(err, r, "cannot resize rbd image '%s': %s", v->name,

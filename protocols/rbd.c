@@ -668,7 +668,7 @@ static const struct bd_opt_desc rbd_options[] = {
     {"user", BD_OPT_STR, false, NULL, "cephx user without 'client.' (default admin)"},
     {"key-secret", BD_OPT_STR, false, NULL, "id of a secret object holding the base64 cephx key"},
     {"auth-client-required", BD_OPT_ENUM, false, auth_values, "cephx or none"},
-    {"server", BD_OPT_OBJ, false, NULL, "monitors: list of {host, port}"},
+    {"server", BD_OPT_LIST, false, NULL, "monitors: list of {host, port}"},
     {"timeout", BD_OPT_INT, false, NULL,
      "seconds before a mon/OSD operation fails with EIO (default 30, 0 = wait forever)"},
     {"filename", BD_OPT_STR, false, NULL, "legacy rbd:pool/image[@snap][:opt=val...]"},

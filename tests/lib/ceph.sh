@@ -6,7 +6,8 @@
 # holds /tmp/blockd-test-ceph.lock so that Ceph tests of parallel runs do not collide.
 #
 # After ceph_start:
-#	CEPH_CONF      the ceph.conf (exported: the ceph and rbd tools use it)
+#	CEPH_CONF      the ceph.conf, not exported: blockd must not find it unless a test says so.
+#	               The functions ceph and rbd run those tools with it.
 #	CEPH_MON_PORT  the mon's v1 (legacy msgr) port; CEPH_MON_PORT2 its v2 port
 #	CEPH_MON_HOST  "[v2:127.0.0.1:P2,v1:127.0.0.1:P1]" (librados mon_host)
 #	CEPH_KEY       client.admin's base64 cephx key
@@ -50,9 +51,12 @@ ceph_osd_stop()
 	_ceph_kill osd.0
 }
 
+ceph() { command ceph -c "$CEPH_CONF" "$@"; }
+rbd() { command rbd -c "$CEPH_CONF" "$@"; }
+
 ceph_osd_start()
 {
-	ceph-osd -i 0 --keyring "$CEPH_DIR/osd.0/keyring" 2>>"$CEPH_DIR/log/osd-start.log" ||
+	ceph-osd -c "$CEPH_CONF" -i 0 --keyring "$CEPH_DIR/osd.0/keyring" 2>>"$CEPH_DIR/log/osd-start.log" ||
 		fail "ceph-osd did not start (see $CEPH_DIR/log)"
 	local i
 	for i in $(seq 1 120); do
@@ -116,28 +120,28 @@ osd memory target = 939524096
 osd max object name len = 460
 osd max object namespace len = 64
 CONF
-	export CEPH_CONF=$d/ceph.conf
+	CEPH_CONF=$d/ceph.conf
 	bd_on_exit ceph_stop
 	ceph-authtool --create-keyring "$d/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
 	ceph-authtool "$d/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' \
 		--cap mgr 'allow *' --cap mds 'allow *' >/dev/null
 	monmaptool --create --fsid "$fsid" --addv a "$CEPH_MON_HOST" "$d/monmap" >/dev/null
-	ceph-mon -i a --mkfs --monmap "$d/monmap" --keyring "$d/keyring" >"$d/log/mkfs.log" 2>&1 ||
+	ceph-mon -c "$CEPH_CONF" -i a --mkfs --monmap "$d/monmap" --keyring "$d/keyring" >"$d/log/mkfs.log" 2>&1 ||
 		fail "ceph-mon --mkfs failed: $(tail -3 "$d/log/mkfs.log")"
-	ceph-mon -i a >>"$d/log/mkfs.log" 2>&1 || fail "ceph-mon did not start"
+	ceph-mon -c "$CEPH_CONF" -i a >>"$d/log/mkfs.log" 2>&1 || fail "ceph-mon did not start"
 	local uuid key id i
 	uuid=$(uuidgen)
 	key=$(ceph-authtool --gen-print-key)
 	echo "{\"cephx_secret\": \"$key\"}" >"$d/osd.0/new.json"
-	id=$(timeout 60 ceph osd new "$uuid" -i "$d/osd.0/new.json") || fail "ceph osd new failed"
+	id=$(timeout 60 ceph -c "$CEPH_CONF" osd new "$uuid" -i "$d/osd.0/new.json") || fail "ceph osd new failed"
 	[ "$id" = 0 ] || fail "unexpected OSD id $id"
 	printf '[osd.0]\nkey = %s\n' "$key" >"$d/osd.0/keyring"
-	ceph-osd -i 0 --mkfs --osd-uuid "$uuid" --keyring "$d/osd.0/keyring" >>"$d/log/mkfs.log" 2>&1 ||
+	ceph-osd -c "$CEPH_CONF" -i 0 --mkfs --osd-uuid "$uuid" --keyring "$d/osd.0/keyring" >>"$d/log/mkfs.log" 2>&1 ||
 		fail "ceph-osd --mkfs failed"
 	ceph_osd_start
 	CEPH_KEY=$(ceph-authtool -p -n client.admin "$d/keyring")
 	CEPH_POOL=rbd
-	timeout 60 ceph osd pool create "$CEPH_POOL" 8 8 >/dev/null 2>&1 || fail "cannot create pool rbd"
-	timeout 60 rbd pool init "$CEPH_POOL" || fail "rbd pool init failed"
-	export CEPH_MON_PORT CEPH_MON_PORT2 CEPH_MON_HOST CEPH_KEY CEPH_POOL
+	timeout 60 ceph -c "$CEPH_CONF" osd pool create "$CEPH_POOL" 8 8 >/dev/null 2>&1 || fail "cannot create pool rbd"
+	timeout 60 rbd -c "$CEPH_CONF" pool init "$CEPH_POOL" || fail "rbd pool init failed"
+	
 }
