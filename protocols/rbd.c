@@ -526,7 +526,6 @@ fail:
 	free(rn->name);
 	free(rn->snap);
 	free(rn->user);
-	bd_err_prefix(err, "rbd");
 out:
 	json_decref(extra);
 	free(mon);
