@@ -223,6 +223,7 @@ struct teardown {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	bool done, abandoned;
+	char what[300];
 };
 
 static void teardown_free(struct teardown *t)
@@ -248,8 +249,10 @@ static void *teardown_thread(void *arg)
 	abandoned = t->abandoned;
 	pthread_cond_signal(&t->cond);
 	pthread_mutex_unlock(&t->lock);
-	if (abandoned)
+	if (abandoned) {
+		bd_log(BD_LOG_INFO, "%s: the close left behind has finished", t->what);
 		teardown_free(t);
+	}
 	return NULL;
 }
 
@@ -269,6 +272,7 @@ static void rbd_teardown(rados_t cl, rados_ioctx_t io, rbd_image_t img, uint64_t
 	t->cluster = cl;
 	t->io = io;
 	t->image = img;
+	snprintf(t->what, sizeof(t->what), "%s", what);
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

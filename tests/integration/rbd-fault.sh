@@ -2,7 +2,7 @@
 # rbd-fault.sh - the OSD stops in the middle of a workload on an rbd node: the requests fail
 # with EIO within the node's timeout (not a hang), a file-backed export of the same daemon keeps
 # serving meanwhile, and deleting the rbd node while the cluster is unreachable ends in bounded
-# time.  One-node Ceph from tests/lib/ceph.sh.
+# time (the close left behind finishes when the OSD is back).  One-node Ceph from tests/lib/ceph.sh.
 # meson-suite: slow
 # meson-timeout: 180
 source "$(dirname "$0")/../lib/common.sh"
@@ -67,5 +67,12 @@ echo "node-del with the OSD down: ${el}s"
 [ "$el" -le $((TMO + 10)) ] || fail "node-del took ${el}s"
 nbdcopy "$UF" "$T/back"
 cmp -n 4194304 "$T/data" "$T/back" || fail "file export broken after the rbd node went"
+# the cluster comes back: the close that was left behind finishes (nothing leaks)
+ceph_osd_start
+for i in $(seq 1 120); do
+	grep -q "close left behind has finished" "$BD_LOG" && break
+	sleep 0.5
+done
+grep -q "close left behind has finished" "$BD_LOG" || fail "the left-behind close never finished"
 bd_stop
 echo PASS
