@@ -6,13 +6,13 @@
 # blockd / direct (1.0 = no overhead).
 #
 # Usage: fio-jobs/rbd-compare.sh [--runtime S] [--ramp S] [--repeat N] [--size SIZE] [--markdown F]
-#   defaults: --runtime 5 --ramp 1 --repeat 3 --size 256M
+#   defaults: --runtime 5 --ramp 2 --repeat 5 --size 256M
 # Jobs: 4k randread QD32, 4k randwrite QD32, 1M seqread QD4, 1M seqwrite QD4.  IOPS for 4k, MiB/s
 # for 1M.  Needs root-free ports only; BLOCKD (default build/blockd) is the daemon.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-runtime=5 ramp=1 repeat=3 size=256M markdown=""
+runtime=5 ramp=2 repeat=5 size=256M markdown=""
 while [ $# -gt 0 ]; do
 	case $1 in
 	--runtime) runtime=$2; shift 2 ;;

@@ -110,6 +110,13 @@ s=$(date +%s%N)
 rbd ls -l "$CEPH_POOL" >/dev/null
 echo "rbd ls -l (opens each image): $((($(date +%s%N) - s) / 1000000)) ms"
 
+# the daemon stops with the pool running, and autostarts it again (the secret comes first)
+bc pool-autostart cp >/dev/null
+bd_stop
+bd_start --object "secret,id=client.admin-key,data=$CEPH_KEY" --state-dir "$T/var" \
+	--control "$T/ctl.sock" --nbd-server "addr.type=unix,addr.path=$T/nbd.sock"
+assert_contains "$(bc pool-info cp)" "running"
+assert_contains "$(bc vol-list cp)" "many0999"
 bc pool-destroy cp >/dev/null
 bc pool-undefine cp >/dev/null
 bd_stop
