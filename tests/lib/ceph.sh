@@ -12,7 +12,9 @@
 #	CEPH_MON_HOST  "[v2:127.0.0.1:P2,v1:127.0.0.1:P1]" (librados mon_host)
 #	CEPH_KEY       client.admin's base64 cephx key
 #	CEPH_POOL      an rbd pool ("rbd"), created and initialised
-# ceph_osd_stop / ceph_osd_start stop and restart the OSD (memstore: its data is lost).
+# ceph_osd_stop / ceph_osd_start stop and restart the OSD.  The OSD keeps its data in RAM
+# (memstore, lost when it stops) unless CEPH_STORE=bluestore is set before ceph_start: then it
+# is a sparse 2 GiB file in $T/ceph (slower to create, survives an OSD restart).
 
 need ceph-mon ceph-osd ceph ceph-authtool monmaptool rbd uuidgen flock
 
@@ -114,8 +116,15 @@ log file = $d/log/\$name.\$pid.log
 mon data = $d/mon.\$id
 [osd]
 osd data = $d/osd.\$id
-osd objectstore = memstore
+osd objectstore = ${CEPH_STORE:-memstore}
 memstore device bytes = 1073741824
+bluestore block create = true
+bluestore block size = 2147483648
+bluestore block db create = false
+bluestore block wal create = false
+bluestore fsck on mkfs = false
+bluestore cache autotune = false
+bluestore cache size = 134217728
 osd memory target = 939524096
 osd max object name len = 460
 osd max object namespace len = 64
