@@ -79,6 +79,8 @@ int bd_rbd_connect(const struct bd_rbd_conn *c, rados_t *out, struct bd_err *err
 			why = " (no monitor answered within the timeout; over the legacy v1 "
 			      "protocol a "
 			      "refused cephx key also ends this way)";
+		else if (r == -EINVAL)
+			why = " (no usable monitor address: check the monitor host names)";
 		else if (r == -ENOENT)
 			why = " (no monitor address or keyring: give server or conf)";
 		bd_err_set(err, r, "cannot connect to the Ceph cluster as client.%s: %s%s",
