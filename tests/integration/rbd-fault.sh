@@ -62,6 +62,12 @@ assert_eq "$(nbdinfo --size "$UF")" 67108864
 
 # deleting the node whose cluster is gone is bounded
 bc export-del r0 --hard >/dev/null
+# the export goes once its in-flight requests have failed (at most the timeout)
+for i in $(seq 1 $((TMO * 40))); do
+	bc qmp query-block-exports | grep -q '"r0"' || break
+	sleep 0.1
+done
+bc qmp query-block-exports | grep -q '"r0"' && fail "export r0 still there $((TMO * 4))s after export-del --hard"
 s=$(date +%s)
 timeout 120 "$BLOCKCTL" --timeout 120 node-del r0 >/dev/null || fail "node-del of the dead rbd node failed"
 el=$(($(date +%s) - s))
