@@ -1,8 +1,9 @@
 /*
  * rbd-conn.c - connecting to a Ceph cluster with librados for the rbd driver and the rbd pool:
  * configuration (ceph.conf or none at all: monitors and key given as options), cephx key from
- * a secret object, timeouts so that a dead cluster gives an error instead of a hang.
- * [control thread or a worker thread; blocking, bounded by the timeout]
+ * a secret object, timeouts so that a dead cluster gives an error instead of a hang; and the
+ * parser of the legacy "rbd:..." filename.  [control thread or a worker thread; connecting
+ * blocks, bounded by the timeout; the parser runs on any thread]
  */
 #include "protocols/rbd-conn.h"
 #include "qmp-like/qmp.h"
@@ -189,4 +190,115 @@ int bd_rbd_secret(const char *id, char **out, struct bd_err *err)
 	}
 	*out = sc.out;
 	return 0;
+}
+
+/* The first unescaped c in s, or NULL. */
+static char *find_unescaped(char *s, char c)
+{
+	for (; *s; s++) {
+		if (*s == '\\' && s[1])
+			s++;
+		else if (*s == c)
+			return s;
+	}
+	return NULL;
+}
+
+/* Remove the escaping backslashes of s in place. */
+static void unescape(char *s)
+{
+	char *w = s;
+	for (; *s; s++) {
+		if (*s == '\\' && s[1])
+			s++;
+		*w++ = *s;
+	}
+	*w = '\0';
+}
+
+static int set_str(json_t *o, const char *key, const char *val, struct bd_err *err)
+{
+	json_t *v = json_string(val);
+	if (!v || json_object_set_new(o, key, v) < 0)
+		return bd_err_set(err, -EINVAL, "rbd filename: '%s' is not valid UTF-8", key);
+	return 0;
+}
+
+int bd_rbd_parse_filename(const char *fn, json_t *opts, json_t *extra, struct bd_err *err)
+{
+	char *buf, *spec, *opt, *next, *at, *slash, *parts[3];
+	size_t np = 0;
+	int r = 0;
+
+	if (strncmp(fn, "rbd:", 4))
+		return bd_err_set(err, -EINVAL, "rbd filename must start with 'rbd:'");
+	buf = strdup(fn + 4);
+	if (!buf)
+		abort();
+	spec = buf;
+	opt = find_unescaped(buf, ':');
+	if (opt)
+		*opt++ = '\0';
+	/* the options: key=value separated by ':' */
+	for (; opt; opt = next) {
+		next = find_unescaped(opt, ':');
+		if (next)
+			*next++ = '\0';
+		char *eq = find_unescaped(opt, '=');
+		if (!eq || eq == opt) {
+			unescape(opt);
+			r = bd_err_set(err, -EINVAL, "rbd filename option '%s' needs key=value",
+				       opt);
+			goto out;
+		}
+		*eq = '\0';
+		unescape(opt);
+		unescape(eq + 1);
+		if (!strcmp(opt, "id"))
+			r = set_str(opts, "user", eq + 1, err);
+		else if (!strcmp(opt, "conf"))
+			r = set_str(opts, "conf", eq + 1, err);
+		else
+			r = set_str(extra, opt, eq + 1, err);
+		if (r < 0)
+			goto out;
+	}
+	/* pool[/namespace]/image[@snapshot] */
+	at = find_unescaped(spec, '@');
+	if (at) {
+		*at++ = '\0';
+		unescape(at);
+		if (!*at) {
+			r = bd_err_set(err, -EINVAL, "rbd filename: empty snapshot name");
+			goto out;
+		}
+		if ((r = set_str(opts, "snapshot", at, err)) < 0)
+			goto out;
+	}
+	parts[np++] = spec;
+	while ((slash = find_unescaped(parts[np - 1], '/')) && np < 3) {
+		*slash = '\0';
+		parts[np++] = slash + 1;
+	}
+	if (np < 2 || find_unescaped(parts[np - 1], '/')) {
+		r = bd_err_set(
+		    err, -EINVAL,
+		    "rbd filename must be rbd:pool[/namespace]/image[@snapshot][:opt=val]");
+		goto out;
+	}
+	for (size_t i = 0; i < np; i++) {
+		unescape(parts[i]);
+		if (!*parts[i]) {
+			r = bd_err_set(err, -EINVAL,
+				       "rbd filename: empty pool, namespace or image");
+			goto out;
+		}
+	}
+	if ((r = set_str(opts, "pool", parts[0], err)) < 0 ||
+	    (np == 3 && (r = set_str(opts, "namespace", parts[1], err)) < 0) ||
+	    (r = set_str(opts, "image", parts[np - 1], err)) < 0)
+		goto out;
+out:
+	free(buf);
+	return r;
 }

@@ -29,6 +29,11 @@ int bd_rbd_connect(const struct bd_rbd_conn *c, rados_t *out, struct bd_err *err
 /* "host:port" list from a QEMU server array [{host, port}], malloc'd; NULL with err set. */
 char *bd_rbd_mon_host(json_t *servers, struct bd_err *err);
 
+/* [any] Parse the legacy filename "rbd:pool[/namespace]/image[@snap][:key=value...]" ('\'
+ * escapes ':' '@' '/'): pool, namespace, image, snapshot, user (id=) and conf (conf=) are set in
+ * opts, every other key=value in extra (for rados_conf_set).  0 or -EINVAL with err set. */
+int bd_rbd_parse_filename(const char *fn, json_t *opts, json_t *extra, struct bd_err *err);
+
 /* Look up a secret object's bytes from any thread (hops to the control thread when needed). */
 int bd_rbd_secret(const char *id, char **out, struct bd_err *err);
 

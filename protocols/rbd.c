@@ -309,72 +309,6 @@ static void rbd_teardown(rados_t cl, rados_ioctx_t io, rbd_image_t img, uint64_t
 
 static const char *const auth_values[] = {"cephx", "none", NULL};
 
-/* filename=rbd:pool[/namespace]/image[@snap][:key=value...] ('\' escapes ':' '@' '/'). */
-static int parse_filename(const char *fn, json_t *opts, json_t *extra, struct bd_err *err)
-{
-	char *buf = strdup(fn + 4), *p = buf, *tok, *parts[3];
-	size_t np = 0;
-	int r = 0;
-
-	if (!buf)
-		abort();
-	/* unescape while splitting into the spec and the options */
-	char *spec = NULL, *w;
-	for (tok = p, w = p;; p++) {
-		if (*p == '\\' && p[1]) {
-			*w++ = *++p;
-			continue;
-		}
-		if (*p == ':' || !*p) {
-			bool end = !*p;
-			*w = '\0';
-			if (!spec) {
-				spec = tok;
-			} else {
-				char *eq = strchr(tok, '=');
-				if (!eq) {
-					r = bd_err_set(err, -EINVAL,
-						       "rbd filename option '%s' needs a value",
-						       tok);
-					goto out;
-				}
-				*eq = '\0';
-				if (!strcmp(tok, "id"))
-					json_object_set_new(opts, "user", json_string(eq + 1));
-				else if (!strcmp(tok, "conf"))
-					json_object_set_new(opts, "conf", json_string(eq + 1));
-				else
-					json_object_set_new(extra, tok, json_string(eq + 1));
-			}
-			if (end)
-				break;
-			tok = w = p + 1;
-			continue;
-		}
-		*w++ = *p;
-	}
-	char *at = strchr(spec, '@');
-	if (at) {
-		*at = '\0';
-		json_object_set_new(opts, "snapshot", json_string(at + 1));
-	}
-	for (tok = strtok(spec, "/"); tok && np < 3; tok = strtok(NULL, "/"))
-		parts[np++] = tok;
-	if ((np != 2 && np != 3) || strtok(NULL, "/")) {
-		r = bd_err_set(
-		    err, -EINVAL,
-		    "rbd filename must be rbd:pool[/namespace]/image[@snapshot][:opt=val]");
-		goto out;
-	}
-	json_object_set_new(opts, "pool", json_string(parts[0]));
-	if (np == 3)
-		json_object_set_new(opts, "namespace", json_string(parts[1]));
-	json_object_set_new(opts, "image", json_string(parts[np - 1]));
-out:
-	free(buf);
-	return r;
-}
-
 /* Read the connection options shared by open() and create(). */
 static int read_conn(json_t *opts, struct bd_rbd_conn *c, char **mon, char **key, json_t **extra,
 		     struct bd_err *err)
@@ -449,10 +383,8 @@ static int rbd_open_node(struct bd_node *node, json_t *opts, struct bd_limits *l
 
 	memset(rn, 0, sizeof(*rn));
 	if ((r = bd_opts_str(opts, "filename", &fn, err)) == 0) {
-		if (strncmp(fn, "rbd:", 4))
-			return bd_err_set(err, -EINVAL, "rbd filename must start with 'rbd:'");
 		extra = json_object();
-		if ((r = parse_filename(fn, opts, extra, err)) < 0)
+		if ((r = bd_rbd_parse_filename(fn, opts, extra, err)) < 0)
 			goto out;
 		if (!json_object_size(extra)) {
 			json_decref(extra);
