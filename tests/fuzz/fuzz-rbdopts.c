@@ -42,7 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!fn)
 		abort();
 	memcpy(fn, "rbd:", 4);
-	memcpy(fn + 4, data, size);
+	if (size)
+		memcpy(fn + 4, data, size);
 	fn[size + 4] = '\0';
 	if (bd_rbd_parse_filename(fn, opts, extra, &err) == 0) {
 		check(nonempty(opts, "pool"), "accepted filename has a pool");
@@ -54,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	json_decref(opts);
 	json_decref(extra);
 
-	j = json_loadb((const char *)data, size, JSON_DECODE_ANY, NULL);
+	j = size ? json_loadb((const char *)data, size, JSON_DECODE_ANY, NULL) : NULL;
 	if (j) {
 		bd_err_clear(&err);
 		char *mon = bd_rbd_mon_host(j, &err);
