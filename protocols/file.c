@@ -265,7 +265,7 @@ static bool write_inline(struct file_req *fr)
 	}
 	if (r > 0)
 		fr->done = (uint64_t)r; /* short: the ring writes the rest */
-	return false;			/* errors: the ring tries again and reports */
+	return false;            /* errors: the ring tries again and reports */
 }
 
 static void rw_continue(struct file_req *fr)
