@@ -285,7 +285,7 @@ static int rp_refresh(struct pool *p, struct bd_err *err)
 			}
 			rados_aio_release(ops[i].comp);
 		}
-		if (ops[i].iter && ops[i].rval >= 0)
+		if (ops[i].iter) /* allocated with the op, whatever its result */
 			rados_omap_get_end(ops[i].iter);
 		if (ops[i].op)
 			rados_release_read_op(ops[i].op);
