@@ -56,6 +56,9 @@ struct pool_backend {
 	int (*vol_create)(struct pool *p, struct bd_vol_def *def,
 			  const struct bd_vol_create_opts *o, struct vol *src, struct bd_err *err);
 	int (*vol_delete)(struct pool *p, struct vol *v, struct bd_err *err);
+	/* Optional: remove v's snapshots, before vol_delete when vol-delete has
+	 * delete-snapshots (without it the flag is refused as unsupported). */
+	int (*vol_delete_snapshots)(struct pool *p, struct vol *v, struct bd_err *err);
 	int (*vol_resize)(struct pool *p, struct vol *v, uint64_t cap, unsigned flags,
 			  struct bd_err *err);
 	/* Optional, for volumes that are neither files nor block devices at v->path (rbd

@@ -141,6 +141,11 @@ int bd_vol_create_xml(const char *pool, const char *xml, const struct bd_vol_cre
 int bd_vol_create_def(const char *pool, struct bd_vol_def *def, const struct bd_vol_create_opts *o,
 		      struct bd_err *err);
 int bd_vol_delete(const char *pool, const char *vol, struct bd_err *err);
+/* vol-delete flags (libvirt's VIR_STORAGE_VOL_DELETE_*); bd_vol_delete() is flags 0. */
+enum bd_vol_delete_flags {
+	BD_VOL_DELETE_SNAPSHOTS = 1u << 0, /* remove the volume's snapshots too (rbd) */
+};
+int bd_vol_delete_flags(const char *pool, const char *vol, unsigned flags, struct bd_err *err);
 
 enum bd_vol_resize_flags {
 	BD_RESIZE_DELTA = 1u << 0,

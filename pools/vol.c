@@ -516,6 +516,11 @@ static struct vol *find_vol_idle(const char *pool, const char *name, struct pool
 
 int bd_vol_delete(const char *pool, const char *name, struct bd_err *err)
 {
+	return bd_vol_delete_flags(pool, name, 0, err);
+}
+
+int bd_vol_delete_flags(const char *pool, const char *name, unsigned flags, struct bd_err *err)
+{
 	struct pool *p;
 	struct vol *v = find_vol_idle(pool, name, &p, err);
 	int r;
@@ -523,6 +528,14 @@ int bd_vol_delete(const char *pool, const char *name, struct bd_err *err)
 		return err->code;
 	if ((r = bd_vol_check_unused(p, v, err)) < 0)
 		return r;
+	if (flags & BD_VOL_DELETE_SNAPSHOTS) {
+		if (!p->be->vol_delete_snapshots)
+			return bd_err_set(err, -ENOTSUP,
+					  "pool '%s' (type %s) does not support delete-snapshots",
+					  p->def->name, p->def->type);
+		if ((r = p->be->vol_delete_snapshots(p, v, err)) < 0)
+			return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
+	}
 	if (!p->be->vol_delete)
 		return bd_err_set(err, -ENOTSUP, "pool '%s' (type %s) cannot delete volumes",
 				  p->def->name, p->def->type);

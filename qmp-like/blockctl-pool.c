@@ -603,7 +603,10 @@ static int v_clone(struct ctx *c, json_t *a)
 
 static int v_delete(struct ctx *c, json_t *a)
 {
-	done(run(c, "vol-delete", vol_args(a)), "Vol %s deleted", sa(a, "vol"));
+	json_t *args = vol_args(a);
+	if (fa(a, "delete-snapshots"))
+		json_object_set_new(args, "delete-snapshots", json_true());
+	done(run(c, "vol-delete", args), "Vol %s deleted", sa(a, "vol"));
 	return 0;
 }
 
@@ -898,8 +901,11 @@ static const struct bctl_pool_verb verbs[] = {
      "vol-create-from POOL FILE VOL [--inputpool POOL] [--prealloc-metadata]",
      "create a volume from XML, copying another", "The new volume gets VOL's data.", v_create_from,
      P("pool", "file", "vol"), P("-inputpool", "!prealloc-metadata"), 3},
-    {"vol-delete", "Storage volumes", "vol-delete VOL [--pool POOL]", "delete a volume",
-     "Deletes a volume; refused while a node uses it.", v_delete, P("vol"), P("-pool"), 1},
+    {"vol-delete", "Storage volumes", "vol-delete VOL [--pool POOL] [--delete-snapshots]",
+     "delete a volume",
+     "Deletes a volume; refused while a node uses it.  --delete-snapshots removes its "
+     "snapshots first (rbd).",
+     v_delete, P("vol"), P("-pool", "!delete-snapshots"), 1},
     {"vol-download", "Storage volumes",
      "vol-download VOL FILE [--pool POOL] [--offset N] [--length N] [--sparse]",
      "copy a volume into a file",

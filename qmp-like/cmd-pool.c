@@ -333,7 +333,8 @@ static int cmd_vol_clone(struct qmp_req *req, json_t *args, struct bd_err *err)
 
 static int cmd_vol_delete(struct qmp_req *req, json_t *args, struct bd_err *err)
 {
-	return bd_vol_delete(str(args, "pool"), str(args, "vol"), err);
+	return bd_vol_delete_flags(str(args, "pool"), str(args, "vol"),
+				   flag(args, "delete-snapshots") ? BD_VOL_DELETE_SNAPSHOTS : 0, err);
 }
 
 static int cmd_vol_resize(struct qmp_req *req, json_t *args, struct bd_err *err)
@@ -574,7 +575,9 @@ const struct qmp_cmd qmp_cmds_pool[] = {
 	 {"target-pool", &qmp_t_str, true, "create the clone in this pool"},
 	 {"prealloc-metadata", &qmp_t_bool, true, "qcow2: preallocate metadata"}, ASYNC_ARG),
      &qmp_t_any, QMP_CMD_BLOCKD, "Copy a volume (virsh vol-clone)."},
-    {"vol-delete", cmd_vol_delete, OBJ(VOL_ARGS), NULL, QMP_CMD_BLOCKD,
+    {"vol-delete", cmd_vol_delete,
+     OBJ(VOL_ARGS, {"delete-snapshots", &qmp_t_bool, true, "remove its snapshots too (rbd)"}),
+     NULL, QMP_CMD_BLOCKD,
      "Delete a volume; refused while a node uses it."},
     {"vol-resize", cmd_vol_resize,
      OBJ(VOL_ARGS, {"capacity", &qmp_t_size, false, "new capacity (or delta) in bytes"},

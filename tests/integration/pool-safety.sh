@@ -184,17 +184,17 @@ bc pool-destroy t1 >/dev/null
 assert_not_contains "$(bc pool-list --all)" " t1 "
 
 # ---- unsupported types are accepted in XML, refused when started ----
-bc pool-define-as ceph1 rbd --source-host mon1 --source-name rbdpool >/dev/null
-assert_fails bc pool-start ceph1
+bc pool-define-as sd1 sheepdog --source-host mon1 --source-name vdis >/dev/null
+assert_fails bc pool-start sd1
 assert_contains "$BD_OUT" "not supported yet"
-assert_fails bc pool-build ceph1
+assert_fails bc pool-build sd1
 assert_contains "$BD_OUT" "not supported yet"
-assert_contains "$(bc pool-dumpxml ceph1)" "<host name='mon1'/>"
+assert_contains "$(bc pool-dumpxml sd1)" "<host name='mon1'/>"
 caps=$(bc pool-capabilities)
 assert_contains "$caps" "<pool type='dir' supported='yes'>"
 assert_contains "$caps" "<pool type='logical' supported='yes'>"
-assert_contains "$caps" "<pool type='rbd' supported='no'>"
-bc pool-undefine ceph1 >/dev/null
+assert_contains "$caps" "<pool type='sheepdog' supported='no'>"
+bc pool-undefine sd1 >/dev/null
 
 # ---- storage that goes away: inaccessible until a refresh finds it again ----
 bc pool-create-as gone dir --target "$T/gone" --build >/dev/null
