@@ -7,6 +7,7 @@
  * Files: vub-export.c (the export type: add, del, query, shutdown, options) [control];
  * vub-msg.c (the vhost-user socket, its messages, guest memory, the back-end channel) [control];
  * vub-queue.c (virtqueue processing [loop] and starting / stopping queues [control]);
+ * vub-inflight.c (in-flight tracking for split and packed rings) [loop];
  * vub-poll.c (abandonable one-shot polls) [any loop]; vub-ring.c (pure functions).
  */
 #ifndef BLOCKD_EXPORT_VUB_INT_H
@@ -54,8 +55,9 @@ struct vub_queue;
 struct vub_req {
 	struct vub_queue *q;
 	struct vub_req *next_free;
-	uint16_t id;	/* split: head index; packed: buffer id */
-	uint16_t ndesc; /* packed: ring slots the chain took */
+	uint16_t id;	  /* split: head index; packed: buffer id */
+	uint16_t ndesc;	  /* packed: ring slots the chain took */
+	uint16_t if_head; /* packed with in-flight tracking: the chain's head entry */
 	uint32_t in_len;
 	struct vub_blk_req blk;
 	struct iovec iov[VUB_MAX_IOV];
@@ -92,7 +94,8 @@ struct vub_queue {
 	bool want_process; /* ran out of request slots */
 	struct vub_req *reqs, *free;
 	uint32_t nreqs;
-	struct vub_inflight_queue *ifq;
+	struct vub_inflight_queue *ifq;	 /* split rings with in-flight tracking */
+	struct vub_inflight_pqueue *ifp; /* packed rings with in-flight tracking */
 	uint64_t if_counter;
 	struct vub_poll *kick_poll;
 	struct bd_defer notify_defer;
@@ -172,6 +175,32 @@ void vub_queue_try_start(struct vub_queue *q);
 void vub_queue_reset(struct vub_queue *q);
 /* Close *fd if open, and set it to -1. */
 void vub_close_fd(int *fd);
+
+/* [loop] Mark q broken (stops serving it), log why once, signal its error eventfd. */
+void vub_q_set_broken(struct vub_queue *q, const char *why);
+/* [loop] Take request slot r for the walked chain ch and start it (in-flight marks included). */
+void vub_q_start_chain(struct vub_queue *q, struct vub_req *r, struct vub_chain *ch);
+/* [loop] Split ring: walk the chain at head into a free request slot and start it.  false if the
+ * chain is malformed (the queue is then broken). */
+bool vub_q_pop_split(struct vub_queue *q, uint16_t head);
+
+/* ---------------------------------------------------------------------------------------------
+ * In-flight tracking (vub-inflight.c) [loop, except vub_inflight_queue_size]
+ */
+/* Bytes of one queue's area in the shared region (64-byte aligned), for a ring of qsize. */
+size_t vub_inflight_queue_size(bool packed, uint16_t qsize);
+/* Queue start, split ring: adopt or initialise q->ifq, resubmit what a previous back end left in
+ * flight; sets q->last_avail and q->used_idx. */
+void vub_ifs_restore(struct vub_queue *q);
+/* Queue start, packed ring: the same for q->ifp (rolls back a half-done update first). */
+void vub_ifp_restore(struct vub_queue *q);
+/* Packed: record the chain of r (r->ndesc ring slots from slot idx) as in flight; sets r->if_head.
+ * false if the region is inconsistent (the queue is then broken). */
+bool vub_ifp_take(struct vub_queue *q, struct vub_req *r, uint16_t idx);
+/* Packed: around writing r's used descriptor: before (free its entries, new used index and wrap
+ * counter) and after (clear its in-flight mark, commit). */
+void vub_ifp_push_begin(struct vub_queue *q, struct vub_req *r, uint16_t used_idx, bool wrap);
+void vub_ifp_push_end(struct vub_queue *q, struct vub_req *r);
 
 /* ---------------------------------------------------------------------------------------------
  * The connection (vub-msg.c) [control]

@@ -8,8 +8,8 @@
  * message that changes state a running queue reads (memory table, ring addresses, features)
  * first stops the affected queues (vub-queue.c), changes, restarts.
  *
- * In-flight tracking (GET/SET_INFLIGHT_FD) follows QEMU's docs/interop/vhost-user.rst for split
- * rings, so blockd can be killed and restarted under a running guest (chardev reconnect=1).
+ * In-flight tracking (GET/SET_INFLIGHT_FD, the region's layout in vub-inflight.c) lets blockd be
+ * killed and restarted under a running guest (chardev reconnect=1).
  */
 #include "export/vhost-user-blk/vub-int.h"
 
@@ -302,13 +302,6 @@ static int h_set_config(struct vub_conn *c)
 	return 0;
 }
 
-static size_t inflight_queue_size(uint16_t qsize)
-{
-	return (sizeof(struct vub_inflight_queue) + sizeof(struct vub_inflight_desc) * qsize +
-		VUB_INFLIGHT_ALIGN - 1) &
-	       ~(size_t)(VUB_INFLIGHT_ALIGN - 1);
-}
-
 static void inflight_unmap(struct vub_conn *c)
 {
 	if (c->if_map)
@@ -328,7 +321,8 @@ static int h_get_inflight_fd(struct vub_conn *c)
 	if (in.num_queues == 0 || in.num_queues > c->exp->nq || in.queue_size == 0 ||
 	    in.queue_size > VUB_MAX_RING)
 		return VUB_FATAL;
-	size = inflight_queue_size(in.queue_size) * in.num_queues;
+	size = vub_inflight_queue_size(has_feature(c, VIRTIO_F_RING_PACKED), in.queue_size) *
+	       in.num_queues;
 	fd = memfd_create("blockd-vub-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return VUB_FATAL;
@@ -361,7 +355,7 @@ static int h_set_inflight_fd(struct vub_conn *c)
 
 	memcpy(&in, c->payload, sizeof(in));
 	if (in.num_queues == 0 || in.queue_size == 0 || in.queue_size > VUB_MAX_RING ||
-	    in.mmap_size < inflight_queue_size(in.queue_size) * in.num_queues ||
+	    in.mmap_size < vub_inflight_queue_size(false, in.queue_size) * in.num_queues ||
 	    in.mmap_size > SIZE_MAX || in.mmap_offset > INT64_MAX || (in.mmap_offset & 4095) ||
 	    in.mmap_offset > UINT64_MAX - in.mmap_size ||
 	    !fd_covers(c->fds[0], in.mmap_offset + in.mmap_size))

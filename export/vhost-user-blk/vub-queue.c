@@ -26,7 +26,7 @@
  */
 static void q_process(struct vub_queue *q);
 
-static void q_set_broken(struct vub_queue *q, const char *why)
+void vub_q_set_broken(struct vub_queue *q, const char *why)
 {
 	if (!q->broken)
 		bd_log(BD_LOG_ERROR, "vhost-user-blk export '%s': queue %u: %s; queue stopped",
@@ -103,14 +103,21 @@ static void q_push(struct vub_queue *q, struct vub_req *r, uint32_t len)
 		struct vring_packed_desc *d = &q->pdesc[q->used_idx];
 		uint16_t fl =
 		    q->used_wrap ? (VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED) : 0;
+		uint32_t next = (uint32_t)q->used_idx + r->ndesc;
+		bool wrap = q->used_wrap;
+		if (next >= q->num) {
+			next -= q->num;
+			wrap = !wrap;
+		}
+		if (q->ifp)
+			vub_ifp_push_begin(q, r, (uint16_t)next, wrap);
 		__atomic_store_n(&d->id, r->id, __ATOMIC_RELAXED);
 		__atomic_store_n(&d->len, len, __ATOMIC_RELAXED);
 		__atomic_store_n(&d->flags, fl, __ATOMIC_RELEASE);
-		q->used_idx = (uint16_t)(q->used_idx + r->ndesc);
-		if (q->used_idx >= q->num) {
-			q->used_idx = (uint16_t)(q->used_idx - q->num);
-			q->used_wrap = !q->used_wrap;
-		}
+		if (q->ifp)
+			vub_ifp_push_end(q, r);
+		q->used_idx = (uint16_t)next;
+		q->used_wrap = wrap;
 	}
 	r->next_free = q->free;
 	q->free = r;
@@ -234,7 +241,7 @@ static void blk_start(struct vub_req *r, struct vub_chain *ch)
 
 	if (vub_blk_parse(ch, b) < 0) {
 		/* no header or no status byte: nothing to answer with */
-		q_set_broken(q, "request without header or status byte");
+		vub_q_set_broken(q, "request without header or status byte");
 		r->next_free = q->free;
 		q->free = r;
 		q->inflight--;
@@ -294,7 +301,7 @@ static void blk_start(struct vub_req *r, struct vub_chain *ch)
 }
 
 /* Take a request slot and start the chain at head (split) / slot (packed). */
-static void q_start_chain(struct vub_queue *q, struct vub_req *r, struct vub_chain *ch)
+void vub_q_start_chain(struct vub_queue *q, struct vub_req *r, struct vub_chain *ch)
 {
 	q->inflight++;
 	q->nr_requests++;
@@ -306,7 +313,7 @@ static void q_start_chain(struct vub_queue *q, struct vub_req *r, struct vub_cha
 	blk_start(r, ch);
 }
 
-static bool q_pop_split(struct vub_queue *q, uint16_t head)
+bool vub_q_pop_split(struct vub_queue *q, uint16_t head)
 {
 	struct vub_req *r = q->free;
 	struct vub_chain ch = {.iov = r->iov, .max = VUB_MAX_IOV};
@@ -314,15 +321,15 @@ static bool q_pop_split(struct vub_queue *q, uint16_t head)
 
 	e = vub_split_walk(&q->c->mem, q->desc, q->num, head, q->indirect, &ch);
 	if (e < 0) {
-		q_set_broken(q, e == -E2BIG    ? "descriptor chain too long"
-				: e == -EFAULT ? "descriptor outside guest memory"
-					       : "malformed descriptor chain");
+		vub_q_set_broken(q, e == -E2BIG	   ? "descriptor chain too long"
+				    : e == -EFAULT ? "descriptor outside guest memory"
+						   : "malformed descriptor chain");
 		return false;
 	}
 	q->free = r->next_free;
 	r->id = head;
 	r->ndesc = 1;
-	q_start_chain(q, r, &ch);
+	vub_q_start_chain(q, r, &ch);
 	return true;
 }
 
@@ -334,13 +341,13 @@ static void q_process_split(struct vub_queue *q)
 			if (aidx == q->last_avail)
 				break;
 			if ((uint16_t)(aidx - q->last_avail) > q->num) {
-				q_set_broken(q, "available index out of range");
+				vub_q_set_broken(q, "available index out of range");
 				return;
 			}
 			head = __atomic_load_n(&q->avail->ring[q->last_avail % q->num],
 					       __ATOMIC_RELAXED);
 			q->last_avail++;
-			if (!q_pop_split(q, head))
+			if (!vub_q_pop_split(q, head))
 				return;
 		}
 		if (!q->running || q->broken)
@@ -388,18 +395,22 @@ static void q_process_packed(struct vub_queue *q)
 		ch = (struct vub_chain){.iov = r->iov, .max = VUB_MAX_IOV};
 		e = vub_packed_walk(&q->c->mem, q->pdesc, q->num, q->last_avail, q->indirect, &ch);
 		if (e < 0) {
-			q_set_broken(q, "malformed packed descriptor chain");
+			vub_q_set_broken(q, "malformed packed descriptor chain");
+			return;
+		}
+		r->id = ch.id;
+		r->ndesc = (uint16_t)ch.ndesc;
+		if (q->ifp && !vub_ifp_take(q, r, q->last_avail)) {
+			vub_q_set_broken(q, "in-flight region inconsistent");
 			return;
 		}
 		q->free = r->next_free;
-		r->id = ch.id;
-		r->ndesc = (uint16_t)ch.ndesc;
 		q->last_avail = (uint16_t)(q->last_avail + ch.ndesc);
 		if (q->last_avail >= q->num) {
 			q->last_avail = (uint16_t)(q->last_avail - q->num);
 			q->avail_wrap = !q->avail_wrap;
 		}
-		q_start_chain(q, r, &ch);
+		vub_q_start_chain(q, r, &ch);
 	}
 }
 
@@ -429,7 +440,7 @@ static void q_kick(void *arg, int res)
 	if (!q->running)
 		return;
 	if (res < 0) {
-		q_set_broken(q, "kick eventfd poll failed");
+		vub_q_set_broken(q, "kick eventfd poll failed");
 		return;
 	}
 	q->nr_kicks++;
@@ -437,65 +448,6 @@ static void q_kick(void *arg, int res)
 		bd_log(BD_LOG_WARN, "vhost-user-blk: kick read: %s", strerror(errno));
 	q_arm_kick(q);
 	q_process(q);
-}
-
-static int cmp_counter(const void *a, const void *b, void *arg)
-{
-	const struct vub_inflight_queue *f = arg;
-	uint64_t ca = f->desc[*(const uint16_t *)a].counter,
-		 cb = f->desc[*(const uint16_t *)b].counter;
-	return ca < cb ? -1 : ca > cb;
-}
-
-/* Split rings with in-flight tracking: pick up what a previous back end left in flight. */
-static void q_inflight_restore(struct vub_queue *q)
-{
-	struct vub_inflight_queue *f = q->ifq;
-	uint16_t used = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
-	uint16_t *heads, n = 0;
-
-	if (f->version == 0 || f->desc_num != q->num) {
-		memset(f->desc, 0, sizeof(f->desc[0]) * q->num);
-		f->desc_num = (uint16_t)q->num;
-		f->used_idx = used;
-		f->last_batch_head = 0;
-		f->version = 1;
-		return;
-	}
-	if (f->used_idx != used) {
-		/* We died between publishing a used entry and clearing its in-flight mark. */
-		if (f->last_batch_head < q->num)
-			f->desc[f->last_batch_head].inflight = 0;
-		f->used_idx = used;
-	}
-	heads = malloc(sizeof(*heads) * q->num);
-	if (!heads)
-		abort();
-	q->if_counter = 0;
-	for (uint32_t i = 0; i < q->num; i++) {
-		if (f->desc[i].inflight == 1) {
-			heads[n++] = (uint16_t)i;
-			if (f->desc[i].counter > q->if_counter)
-				q->if_counter = f->desc[i].counter;
-		} else {
-			f->desc[i].inflight = 0;
-		}
-	}
-	q->used_idx = used;
-	q->last_avail = (uint16_t)(used + n);
-	if (n) {
-		qsort_r(heads, n, sizeof(*heads), cmp_counter, f);
-		bd_log(BD_LOG_INFO,
-		       "vhost-user-blk export '%s': queue %u: resubmitting %u "
-		       "in-flight request(s)",
-		       q->c->exp->id, q->idx, n);
-		for (uint16_t i = 0; i < n && !q->broken; i++) {
-			if (!q->free)
-				break; /* cannot happen: n <= num slots */
-			q_pop_split(q, heads[i]);
-		}
-	}
-	free(heads);
 }
 
 /* [loop] Start serving the queue; its configuration was set by the control thread. */
@@ -513,7 +465,9 @@ static void q_start_fn(void *arg)
 	q->signalled_valid = false;
 	q->need_notify = false;
 	if (q->ifq)
-		q_inflight_restore(q);
+		vub_ifs_restore(q);
+	else if (q->ifp)
+		vub_ifp_restore(q);
 	q_arm_kick(q);
 	q_process(q);
 	/* Whatever the driver queued before we started: look at it, and signal once. */
@@ -642,13 +596,16 @@ static int queue_ring_setup(struct vub_queue *q)
 				 __ATOMIC_RELAXED);
 	}
 	q->ifq = NULL;
-	if (c->if_map && !q->packed && q->idx < c->if_nq && n == c->if_qsize) {
-		size_t qsz =
-		    (sizeof(struct vub_inflight_queue) +
-		     sizeof(struct vub_inflight_desc) * c->if_qsize + VUB_INFLIGHT_ALIGN - 1) &
-		    ~(size_t)(VUB_INFLIGHT_ALIGN - 1);
-		if ((size_t)(q->idx + 1) * qsz <= c->if_size)
-			q->ifq = (void *)((uint8_t *)c->if_map + q->idx * qsz);
+	q->ifp = NULL;
+	if (c->if_map && q->idx < c->if_nq && n == c->if_qsize) {
+		size_t qsz = vub_inflight_queue_size(q->packed, c->if_qsize);
+		if ((size_t)(q->idx + 1) * qsz <= c->if_size) {
+			void *area = (uint8_t *)c->if_map + q->idx * qsz;
+			if (q->packed)
+				q->ifp = area;
+			else
+				q->ifq = area;
+		}
 	}
 	if (q->nreqs != n) {
 		free(q->reqs);

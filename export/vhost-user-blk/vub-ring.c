@@ -17,6 +17,8 @@ _Static_assert(sizeof(struct vhost_vring_addr) == 40, "vring addr layout");
 _Static_assert(sizeof(struct vhost_user_inflight) == 24, "inflight layout");
 _Static_assert(sizeof(struct vub_inflight_desc) == 16, "inflight desc layout");
 _Static_assert(sizeof(struct vub_inflight_queue) == 16, "inflight queue layout");
+_Static_assert(sizeof(struct vub_inflight_pdesc) == 32, "packed inflight desc layout");
+_Static_assert(sizeof(struct vub_inflight_pqueue) == 32, "packed inflight queue layout");
 
 /* Walks never take more descriptors than this, whatever the ring size says. */
 #define VUB_MAX_CHAIN 4096u

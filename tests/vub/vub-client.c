@@ -11,7 +11,14 @@
  *                                flush, GET_ID, out-of-range and read-only errors
  *   hostile                      bad descriptors and bad messages; the back end must survive
  *   bench [--rw randread|randwrite|read|write] [--bs N] [--qd N] [--time S] [--queues N]
- * Options for every command: --queues N (default 1), --num N (ring size, default 256).
+ *   stress [--bs N] [--qd N] [--area SIZE] [--passes N] [--expect FILE]
+ *                                passes of writes over the area (a pattern per pass and block),
+ *                                every request checked to complete once with status OK; then the
+ *                                area is read back and compared; FILE gets the expected bytes
+ * Options for every command: --queues N (default 1), --num N (ring size, default 256),
+ * --packed (packed virtqueues), --inflight (in-flight tracking: GET/SET_INFLIGHT_FD),
+ * --reconnect (when the back end goes away, connect again and set everything up as QEMU does,
+ * with the in-flight region kept; implies --inflight).
  * Single-threaded per queue: one thread per queue in bench.  Exit 0 on success.
  */
 #include "export/vhost-user-blk/vub-proto.h"
@@ -44,6 +51,11 @@ static int mem_fd;
 static uint64_t features, pfeatures;
 static struct virtio_blk_config cfg;
 static unsigned nq = 1, ring_num = 256;
+static bool packed, use_inflight, reconnect_mode;
+static const char *sock_path;
+static int inflight_fd = -1;
+static struct vhost_user_inflight inflight;
+static unsigned nreconnects;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
@@ -125,18 +137,24 @@ static uint64_t vu_call(uint32_t req, const void *p, uint32_t size, const int *f
 struct slot {
 	struct virtio_blk_outhdr hdr;
 	uint8_t status;
+	uint8_t ndesc;	/* packed: ring slots its chain took */
 	uint8_t *buf;	/* SLOT_BUF bytes in shared memory */
 	uint64_t start; /* bench: ns */
+	uint64_t tag;	/* stress: what the request wrote */
 	bool busy;
 };
 
 struct vq {
 	unsigned idx, num, nslots;
-	struct vring_desc *desc;
+	struct vring_desc *desc; /* split */
 	struct vring_avail *avail;
 	struct vring_used *used;
+	struct vring_packed_desc *pdesc; /* packed */
+	struct vring_packed_event *drv_ev, *dev_ev;
+	bool avail_wrap, used_wrap;
 	int kick, call;
-	uint16_t avail_idx, last_used;
+	uint16_t avail_idx, last_used; /* split: free-running; packed: ring positions */
+	uint64_t completed;
 	struct slot *slots; /* in shared memory */
 	uint8_t *bufs;
 	/* bench */
@@ -161,9 +179,10 @@ static uint64_t gpa(const void *p)
 	return (uint64_t)((const uint8_t *)p - mem);
 }
 
-static void setup(unsigned qd_slots)
+/* The vhost-user set-up, in QEMU's order: features, in-flight region, memory table, rings.  On a
+ * reconnection (resume) the rings keep their memory and the in-flight region is handed back. */
+static void vhost_setup(bool resume)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct vhost_user_mem_table mt = {0};
 	uint64_t f;
 
@@ -173,11 +192,13 @@ static void setup(unsigned qd_slots)
 		uint64_t pf = vu_get_u64(VHOST_USER_GET_PROTOCOL_FEATURES);
 		pf &= (1ull << VHOST_USER_PROTOCOL_F_MQ) |
 		      (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
-		      (1ull << VHOST_USER_PROTOCOL_F_CONFIG);
+		      (1ull << VHOST_USER_PROTOCOL_F_CONFIG) |
+		      (use_inflight ? 1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD : 0);
 		vu_send(VHOST_USER_SET_PROTOCOL_FEATURES, 0, &pf, sizeof(pf), NULL, 0);
 		pfeatures = pf;
 	}
-	(void)sa;
+	if (use_inflight && !(pfeatures & (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)))
+		die("the back end does not offer in-flight tracking");
 	if (pfeatures & (1ull << VHOST_USER_PROTOCOL_F_MQ)) {
 		uint64_t n = vu_get_u64(VHOST_USER_GET_QUEUE_NUM);
 		if (nq > n)
@@ -195,16 +216,33 @@ static void setup(unsigned qd_slots)
 			die("GET_CONFIG: short reply (%u bytes)", n);
 		memcpy(&cfg, c.region, 60);
 	}
-	f = features & ((1ull << VIRTIO_F_VERSION_1) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
-			(1ull << VIRTIO_BLK_F_RO) | (1ull << VIRTIO_BLK_F_FLUSH) |
-			(1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES) |
-			(1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_MQ) |
-			(1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_CONFIG_WCE) |
-			(1ull << VIRTIO_BLK_F_TOPOLOGY) | (1ull << VIRTIO_BLK_F_SIZE_MAX) |
-			(1ull << VIRTIO_BLK_F_SECURE_ERASE));
+	f = features &
+	    ((1ull << VIRTIO_F_VERSION_1) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
+	     (1ull << VIRTIO_BLK_F_RO) | (1ull << VIRTIO_BLK_F_FLUSH) |
+	     (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES) |
+	     (1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_MQ) |
+	     (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_CONFIG_WCE) |
+	     (1ull << VIRTIO_BLK_F_TOPOLOGY) | (1ull << VIRTIO_BLK_F_SIZE_MAX) |
+	     (1ull << VIRTIO_BLK_F_SECURE_ERASE) | (packed ? 1ull << VIRTIO_F_RING_PACKED : 0));
+	if (packed && !(f & (1ull << VIRTIO_F_RING_PACKED)))
+		die("the back end does not offer packed virtqueues");
 	features = f;
 	if (vu_call(VHOST_USER_SET_FEATURES, &f, sizeof(f), NULL, 0))
 		die("SET_FEATURES refused");
+	if (use_inflight) {
+		if (inflight_fd < 0) {
+			struct vhost_user_inflight in = {.num_queues = (uint16_t)nq,
+							 .queue_size = (uint16_t)ring_num};
+			vu_send(VHOST_USER_GET_INFLIGHT_FD, 0, &in, sizeof(in), NULL, 0);
+			if (vu_recv(VHOST_USER_GET_INFLIGHT_FD, &inflight, sizeof(inflight),
+				    &inflight_fd) != sizeof(inflight) ||
+			    inflight_fd < 0)
+				die("GET_INFLIGHT_FD: no region");
+		}
+		if (vu_call(VHOST_USER_SET_INFLIGHT_FD, &inflight, sizeof(inflight), &inflight_fd,
+			    1))
+			die("SET_INFLIGHT_FD refused");
+	}
 
 	mt.nregions = 1;
 	mt.regions[0].guest_phys_addr = 0;
@@ -220,22 +258,16 @@ static void setup(unsigned qd_slots)
 		struct vhost_vring_addr a = {0};
 		uint64_t u;
 
-		q->idx = i;
-		q->num = ring_num;
-		q->nslots = ring_num / 3 < qd_slots ? ring_num / 3 : qd_slots;
-		q->desc = alloc_mem(16 * ring_num, 4096);
-		q->avail = alloc_mem(6 + 2 * ring_num, 4096);
-		q->used = alloc_mem(6 + 8 * ring_num, 4096);
-		q->slots = alloc_mem(sizeof(struct slot) * q->nslots, 64);
-		q->kick = eventfd(0, EFD_CLOEXEC);
-		q->call = eventfd(0, EFD_CLOEXEC);
 		vu_call(VHOST_USER_SET_VRING_NUM, &st, sizeof(st), NULL, 0);
-		st.num = 0;
+		/* What QEMU 7.2 sends after a back end died: for split rings the used index, for
+		 * packed rings its last value from before (the start of the ring here).  A back
+		 * end with in-flight tracking must find the real position itself. */
+		st.num = packed ? 1u << 15 : (resume ? q->used->idx : 0);
 		vu_call(VHOST_USER_SET_VRING_BASE, &st, sizeof(st), NULL, 0);
 		a.index = i;
-		a.desc_user_addr = (uint64_t)(uintptr_t)q->desc;
-		a.avail_user_addr = (uint64_t)(uintptr_t)q->avail;
-		a.used_user_addr = (uint64_t)(uintptr_t)q->used;
+		a.desc_user_addr = (uint64_t)(uintptr_t)(packed ? (void *)q->pdesc : q->desc);
+		a.avail_user_addr = (uint64_t)(uintptr_t)(packed ? (void *)q->drv_ev : q->avail);
+		a.used_user_addr = (uint64_t)(uintptr_t)(packed ? (void *)q->dev_ev : q->used);
 		vu_call(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a), NULL, 0);
 		u = i;
 		vu_call(VHOST_USER_SET_VRING_CALL, &u, sizeof(u), &q->call, 1);
@@ -244,19 +276,88 @@ static void setup(unsigned qd_slots)
 		if (features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES))
 			vu_call(VHOST_USER_SET_VRING_ENABLE, &st, sizeof(st), NULL, 0);
 	}
+	(void)resume;
+}
+
+static void setup(unsigned qd_slots)
+{
+	for (unsigned i = 0; i < nq; i++) {
+		struct vq *q = &vqs[i];
+		q->idx = i;
+		q->num = ring_num;
+		q->nslots = ring_num / 3 < qd_slots ? ring_num / 3 : qd_slots;
+		if (packed) {
+			q->pdesc = alloc_mem(16 * ring_num, 4096);
+			q->drv_ev = alloc_mem(4, 4096);
+			q->dev_ev = alloc_mem(4, 4096);
+			q->avail_wrap = q->used_wrap = true;
+		} else {
+			q->desc = alloc_mem(16 * ring_num, 4096);
+			q->avail = alloc_mem(6 + 2 * ring_num, 4096);
+			q->used = alloc_mem(6 + 8 * ring_num, 4096);
+		}
+		q->slots = alloc_mem(sizeof(struct slot) * q->nslots, 64);
+		q->kick = eventfd(0, EFD_CLOEXEC);
+		q->call = eventfd(0, EFD_CLOEXEC);
+	}
+	vhost_setup(false);
 	for (unsigned i = 0; i < nq; i++)
 		for (unsigned s = 0; s < vqs[i].nslots; s++)
 			vqs[i].slots[s].buf = alloc_mem(SLOT_BUF, 4096);
 }
 
-static void connect_and_map(const char *path, size_t slots_mem)
+static void sock_connect(void)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 
 	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
 	if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		die("connect %s: %s", path, strerror(errno));
+		die("connect %s: %s", sock_path, strerror(errno));
+}
+
+static void kick(struct vq *q);
+
+/* The back end went away: connect again (for up to 60 s) and set everything up again, the way
+ * QEMU does with reconnect=1. */
+static void reconnect(void)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+	if (!reconnect_mode)
+		die("the back end closed the connection");
+	close(sock);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+	for (int i = 0;; i++) {
+		sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			break;
+		close(sock);
+		if (i == 1200)
+			die("reconnect %s: %s", sock_path, strerror(errno));
+		usleep(50000);
+	}
+	vhost_setup(true);
+	nreconnects++;
+	fprintf(stderr, "vub-client: reconnected (%u)\n", nreconnects);
+	for (unsigned i = 0; i < nq; i++)
+		kick(&vqs[i]);
+}
+
+/* Has the back end closed the connection? (nothing else arrives unasked) */
+static bool sock_gone(void)
+{
+	struct pollfd p = {sock, POLLIN, 0};
+	char c;
+
+	if (poll(&p, 1, 0) <= 0)
+		return false;
+	return recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+}
+
+static void connect_and_map(size_t slots_mem)
+{
+	sock_connect();
 	mem_size = (8u << 20) + slots_mem;
 	mem_fd = memfd_create("vub-client", MFD_CLOEXEC);
 	if (mem_fd < 0 || ftruncate(mem_fd, (off_t)mem_size) < 0)
@@ -264,6 +365,26 @@ static void connect_and_map(const char *path, size_t slots_mem)
 	mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED, mem_fd, 0);
 	if (mem == MAP_FAILED)
 		die("mmap: %s", strerror(errno));
+}
+
+/* Packed ring: write descriptor k of a chain at the next available position. */
+static void packed_put(struct vq *q, uint64_t addr, uint32_t len, uint16_t id, uint16_t flags,
+		       bool head, uint16_t *head_flags)
+{
+	struct vring_packed_desc *d = &q->pdesc[q->avail_idx];
+
+	flags |= q->avail_wrap ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED;
+	d->addr = addr;
+	d->len = len;
+	d->id = id;
+	if (head)
+		*head_flags = flags; /* published last, when the whole chain is written */
+	else
+		d->flags = flags;
+	if (++q->avail_idx == q->num) {
+		q->avail_idx = 0;
+		q->avail_wrap = !q->avail_wrap;
+	}
 }
 
 /* Queue a request in slot s of q (not kicked). */
@@ -278,6 +399,19 @@ static void submit(struct vq *q, unsigned s, uint32_t type, uint64_t sector, uin
 	sl->hdr.sector = sector;
 	sl->status = 0xff;
 	sl->busy = true;
+	if (packed) {
+		uint16_t head = q->avail_idx, hf = 0;
+		sl->ndesc = len ? 3 : 2;
+		packed_put(q, gpa(&sl->hdr), sizeof(sl->hdr), (uint16_t)s, VRING_DESC_F_NEXT, true,
+			   &hf);
+		if (len)
+			packed_put(q, gpa(sl->buf), len, (uint16_t)s,
+				   VRING_DESC_F_NEXT | (data_in ? VRING_DESC_F_WRITE : 0), false,
+				   NULL);
+		packed_put(q, gpa(&sl->status), 1, (uint16_t)s, VRING_DESC_F_WRITE, false, NULL);
+		__atomic_store_n(&q->pdesc[head].flags, hf, __ATOMIC_RELEASE);
+		return;
+	}
 	q->desc[d].addr = gpa(&sl->hdr);
 	q->desc[d].len = sizeof(sl->hdr);
 	q->desc[d].flags = VRING_DESC_F_NEXT;
@@ -305,32 +439,65 @@ static void kick(struct vq *q)
 	eventfd_write(q->kick, 1);
 }
 
+/* The next used element, or -1.  Checks that it names a busy slot. */
+static int next_used(struct vq *q)
+{
+	unsigned s;
+
+	if (packed) {
+		struct vring_packed_desc *d = &q->pdesc[q->last_used];
+		uint16_t fl = __atomic_load_n(&d->flags, __ATOMIC_ACQUIRE);
+		bool avail = fl & VRING_PACKED_DESC_F_AVAIL, used = fl & VRING_PACKED_DESC_F_USED;
+		if (avail != q->used_wrap || used != q->used_wrap)
+			return -1;
+		s = d->id;
+		if (s >= q->nslots || !q->slots[s].busy)
+			die("queue %u: used element for idle buffer id %u", q->idx, s);
+		q->last_used = (uint16_t)(q->last_used + q->slots[s].ndesc);
+		if (q->last_used >= q->num) {
+			q->last_used = (uint16_t)(q->last_used - q->num);
+			q->used_wrap = !q->used_wrap;
+		}
+	} else {
+		uint16_t ui = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+		struct vring_used_elem *e;
+		if (q->last_used == ui)
+			return -1;
+		e = &q->used->ring[q->last_used % q->num];
+		s = e->id / 3;
+		if (e->id % 3 || s >= q->nslots || !q->slots[s].busy)
+			die("queue %u: used element for idle head %u", q->idx, e->id);
+		q->last_used++;
+	}
+	q->slots[s].busy = false;
+	q->completed++;
+	return (int)s;
+}
+
 /* Wait for completions; returns number reaped, calls fn for each slot. */
 static unsigned reap(struct vq *q, void (*fn)(struct vq *, unsigned), int timeout_ms)
 {
 	unsigned n = 0;
 
 	for (;;) {
-		uint16_t ui = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
-		while (q->last_used != ui) {
-			struct vring_used_elem *e = &q->used->ring[q->last_used % q->num];
-			unsigned s = e->id / 3;
-			q->last_used++;
-			if (e->id % 3 || s >= q->nslots)
-				die("bad used id %u", e->id);
-			q->slots[s].busy = false;
+		int s;
+		while ((s = next_used(q)) >= 0) {
 			if (fn)
-				fn(q, s);
+				fn(q, (unsigned)s);
 			n++;
 		}
 		if (n)
 			return n;
-		struct pollfd p = {q->call, POLLIN, 0};
-		int r = poll(&p, 1, timeout_ms);
+		struct pollfd p[2] = {{q->call, POLLIN, 0}, {sock, POLLIN, 0}};
+		int r = poll(p, reconnect_mode ? 2 : 1, timeout_ms);
 		if (r == 0)
 			return 0;
+		if (reconnect_mode && p[1].revents && sock_gone()) {
+			reconnect();
+			continue;
+		}
 		uint64_t v;
-		if (read(q->call, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		if (p[0].revents && read(q->call, &v, sizeof(v)) < 0 && errno != EAGAIN)
 			die("call read");
 	}
 }
@@ -443,11 +610,9 @@ static int cmd_verify(void)
 			      1) == 0,
 		      "memory table replaced while running");
 		for (unsigned qi = 0; qi < nq; qi++) {
-			uint16_t before = vqs[qi].last_used;
+			uint64_t before = vqs[qi].completed;
 			CHECK(sync_req(qi, VIRTIO_BLK_T_IN, 0, 4096, true) == 0 &&
-				  (uint16_t)(vqs[qi].last_used - before) == 1 &&
-				  __atomic_load_n(&vqs[qi].used->idx, __ATOMIC_ACQUIRE) ==
-				      vqs[qi].avail_idx,
+				  vqs[qi].completed - before == 1 && next_used(&vqs[qi]) < 0,
 			      "queue %u resumes after the memory table change", qi);
 		}
 	}
@@ -627,6 +792,115 @@ static int cmd_bench(void)
 	return 0;
 }
 
+/* ---- stress: writes that must survive back-end restarts ---------------------------------------
+ */
+static uint64_t stress_area = 8u << 20;
+static unsigned stress_passes = 6;
+static const char *stress_expect;
+static uint64_t st_issued, st_done;
+static unsigned st_pass, st_next, st_nblocks;
+static bool st_kick[MAX_Q];
+
+static void pattern(uint8_t *buf, uint32_t len, unsigned pass, unsigned block)
+{
+	uint64_t *w = (uint64_t *)(void *)buf;
+
+	for (uint32_t i = 0; i < len / 8; i++)
+		w[i] = ((uint64_t)pass << 56) ^ ((uint64_t)block << 32) ^
+		       ((uint64_t)i * 0x9e3779b97f4a7c15ull);
+}
+
+static void stress_issue(struct vq *q, unsigned s)
+{
+	unsigned b;
+
+	if (st_next >= st_nblocks)
+		return;
+	b = st_next++;
+	pattern(q->slots[s].buf, bench_bs, st_pass, b);
+	q->slots[s].tag = ((uint64_t)st_pass << 32) | b;
+	submit(q, s, VIRTIO_BLK_T_OUT, (uint64_t)b * bench_bs / 512, bench_bs, false);
+	st_issued++;
+	st_kick[q->idx] = true;
+}
+
+static void stress_done(struct vq *q, unsigned s)
+{
+	if (q->slots[s].status != VIRTIO_BLK_S_OK)
+		die("stress: write of pass %u block %u failed with status %d",
+		    (unsigned)(q->slots[s].tag >> 32), (unsigned)q->slots[s].tag,
+		    q->slots[s].status);
+	st_done++;
+	stress_issue(q, s);
+}
+
+static int cmd_stress(void)
+{
+	unsigned qd = bench_qd < vqs[0].nslots ? bench_qd : vqs[0].nslots;
+	uint8_t *want = malloc(bench_bs);
+	FILE *ef = NULL;
+	int bad = 0;
+
+	if (!want || stress_area % bench_bs || stress_area > cfg.capacity * 512)
+		die("stress: --area must be a multiple of --bs and fit the disk");
+	st_nblocks = (unsigned)(stress_area / bench_bs);
+	for (st_pass = 0; st_pass < stress_passes; st_pass++) {
+		uint64_t last_done = st_done, t_progress = now_ns();
+		st_next = 0;
+		for (unsigned i = 0; i < nq; i++)
+			for (unsigned k = 0; k < qd; k++)
+				stress_issue(&vqs[i], k);
+		while (st_done < st_issued) {
+			struct pollfd p[MAX_Q + 1];
+			for (unsigned i = 0; i < nq; i++) {
+				if (st_kick[i])
+					kick(&vqs[i]);
+				st_kick[i] = false;
+				p[i] = (struct pollfd){vqs[i].call, POLLIN, 0};
+			}
+			p[nq] = (struct pollfd){sock, POLLIN, 0};
+			poll(p, nq + 1, 200);
+			for (unsigned i = 0; i < nq; i++) {
+				uint64_t v;
+				int sl;
+				if (p[i].revents && read(vqs[i].call, &v, sizeof(v)) < 0)
+					die("call read: %s", strerror(errno));
+				while ((sl = next_used(&vqs[i])) >= 0)
+					stress_done(&vqs[i], (unsigned)sl);
+			}
+			if (p[nq].revents && sock_gone())
+				reconnect();
+			if (st_done != last_done) {
+				last_done = st_done;
+				t_progress = now_ns();
+			} else if (now_ns() - t_progress > 60000000000ull) {
+				die("stress: %" PRIu64 " request(s) never completed (lost)",
+				    st_issued - st_done);
+			}
+		}
+		printf("pass %u: %u writes done\n", st_pass, st_nblocks);
+		fflush(stdout);
+	}
+	/* every request completed exactly once (next_used dies on a completion of an idle slot) */
+	printf("stress: %" PRIu64 " writes issued, %" PRIu64 " completed, %u reconnection(s)\n",
+	       st_issued, st_done, nreconnects);
+	if (stress_expect && !(ef = fopen(stress_expect, "w")))
+		die("open %s: %s", stress_expect, strerror(errno));
+	for (unsigned b = 0; b < st_nblocks; b++) {
+		pattern(want, bench_bs, stress_passes - 1, b);
+		if (ef && fwrite(want, 1, bench_bs, ef) != bench_bs)
+			die("write %s", stress_expect);
+		if (sync_req(0, VIRTIO_BLK_T_IN, (uint64_t)b * bench_bs, bench_bs, true) ||
+		    memcmp(vqs[0].slots[0].buf, want, bench_bs))
+			bad++;
+	}
+	if (ef)
+		fclose(ef);
+	free(want);
+	printf("%s (%d bad block(s))\n", bad ? "STRESS READBACK FAILED" : "STRESS OK", bad);
+	return bad ? 1 : 0;
+}
+
 static uint64_t parse_size(const char *s)
 {
 	char *end;
@@ -650,18 +924,18 @@ static uint64_t parse_size(const char *s)
 
 int main(int argc, char **argv)
 {
-	const char *path, *cmd;
+	const char *cmd;
 	char *pos[8];
 	int npos = 0;
 
 	if (argc < 3) {
 		fprintf(stderr,
 			"usage: vub-client SOCKET info|write|read|discard|zero|flush|verify|"
-			"hostile|bench [args] [--queues N] [--num N] [--rw RW] [--bs N] "
-			"[--qd N] [--time S]\n");
+			"hostile|bench|stress [args] [--queues N] [--num N] [--rw RW] [--bs N] "
+			"[--qd N] [--time S] [--packed] [--inflight] [--reconnect]\n");
 		return 2;
 	}
-	path = argv[1];
+	sock_path = argv[1];
 	cmd = argv[2];
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "--queues") && i + 1 < argc)
@@ -674,6 +948,18 @@ int main(int argc, char **argv)
 			bench_qd = (unsigned)atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--time") && i + 1 < argc)
 			bench_time = atof(argv[++i]);
+		else if (!strcmp(argv[i], "--area") && i + 1 < argc)
+			stress_area = parse_size(argv[++i]);
+		else if (!strcmp(argv[i], "--passes") && i + 1 < argc)
+			stress_passes = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--expect") && i + 1 < argc)
+			stress_expect = argv[++i];
+		else if (!strcmp(argv[i], "--packed"))
+			packed = true;
+		else if (!strcmp(argv[i], "--inflight"))
+			use_inflight = true;
+		else if (!strcmp(argv[i], "--reconnect"))
+			reconnect_mode = use_inflight = true;
 		else if (!strcmp(argv[i], "--rw") && i + 1 < argc) {
 			const char *r = argv[++i];
 			bench_rw = !strcmp(r, "randread")    ? 0
@@ -689,11 +975,11 @@ int main(int argc, char **argv)
 		die("--bs must be between 512 and 1M");
 	{
 		unsigned slots = ring_num / 3;
-		if (strcmp(cmd, "bench"))
+		if (strcmp(cmd, "bench") && strcmp(cmd, "stress"))
 			slots = 2;
 		else if (bench_qd < slots)
 			slots = bench_qd;
-		connect_and_map(path, (size_t)nq * (slots + 1) * SLOT_BUF + (size_t)nq * 65536);
+		connect_and_map((size_t)nq * (slots + 1) * SLOT_BUF + (size_t)nq * 65536);
 		/* only the first `slots` slots of each queue get buffers: shrink nslots */
 		setup(slots);
 	}
@@ -702,7 +988,9 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "verify"))
 		return cmd_verify();
 	if (!strcmp(cmd, "hostile"))
-		return cmd_hostile();
+		return packed ? (fprintf(stderr, "hostile: split rings only\n"), 2) : cmd_hostile();
+	if (!strcmp(cmd, "stress"))
+		return cmd_stress();
 	if (!strcmp(cmd, "bench"))
 		return cmd_bench();
 	if ((!strcmp(cmd, "write") || !strcmp(cmd, "read")) && npos == 3)
