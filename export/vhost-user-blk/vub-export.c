@@ -298,13 +298,13 @@ static void vub_query(json_t *list)
 }
 
 static const struct bd_opt_desc vub_export_options[] = {
-	{"addr", BD_OPT_OBJ, true, NULL, "the vhost-user socket (SocketAddress, type unix)"},
-	{"logical-block-size", BD_OPT_SIZE, false, NULL, "logical block size (default 512)"},
-	{"num-queues", BD_OPT_INT, false, NULL, "number of virtqueues (default 1)"},
-	{"serial", BD_OPT_STR, false, NULL, "the serial the guest reads with GET_ID"},
-	{"iothreads", BD_OPT_STR_LIST, false, NULL,
-	 "iothreads the queues are spread over (a blockd extension)"},
-	{NULL},
+    {"addr", BD_OPT_OBJ, true, NULL, "the vhost-user socket (SocketAddress, type unix)"},
+    {"logical-block-size", BD_OPT_SIZE, false, NULL, "logical block size (default 512)"},
+    {"num-queues", BD_OPT_INT, false, NULL, "number of virtqueues (default 1)"},
+    {"serial", BD_OPT_STR, false, NULL, "the serial the guest reads with GET_ID"},
+    {"iothreads", BD_OPT_STR_LIST, false, NULL,
+     "iothreads the queues are spread over (a blockd extension)"},
+    {NULL},
 };
 
 const struct bd_export_type bd_export_vhost_user_blk = {

@@ -31,6 +31,8 @@
  * them in 32 bits and loops forever on zero-length reads when the product wraps. */
 #define VUB_SIZE_MAX (1u << 16)
 #define VUB_MAX_DISCARD_SECTORS ((1u << 30) >> 9)
+/* Segments per DISCARD / WRITE_ZEROES / SECURE_ERASE request (max_*_seg in the config space). */
+#define VUB_MAX_DWZ_SEG 32u
 #define VUB_INFLIGHT_ALIGN 64u
 
 #define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
@@ -58,6 +60,8 @@ struct vub_req {
 	uint16_t id;	  /* split: head index; packed: buffer id */
 	uint16_t ndesc;	  /* packed: ring slots the chain took */
 	uint16_t if_head; /* packed with in-flight tracking: the chain's head entry */
+	uint16_t parts;	  /* node requests not yet completed (segments) */
+	int part_err;	  /* the first error of a part */
 	uint32_t in_len;
 	struct vub_blk_req blk;
 	struct iovec iov[VUB_MAX_IOV];

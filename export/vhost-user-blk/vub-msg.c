@@ -263,13 +263,13 @@ static void fill_config(struct vub_export *x, uint8_t *buf, bool wce)
 	cfg.wce = wce;
 	cfg.num_queues = (uint16_t)x->nq;
 	cfg.max_discard_sectors = VUB_MAX_DISCARD_SECTORS;
-	cfg.max_discard_seg = 1;
+	cfg.max_discard_seg = VUB_MAX_DWZ_SEG;
 	cfg.discard_sector_alignment = phys / VIRTIO_BLK_SECTOR_SIZE;
 	cfg.max_write_zeroes_sectors = VUB_MAX_DISCARD_SECTORS;
-	cfg.max_write_zeroes_seg = 1;
+	cfg.max_write_zeroes_seg = VUB_MAX_DWZ_SEG;
 	cfg.write_zeroes_may_unmap = 1;
 	cfg.max_secure_erase_sectors = VUB_MAX_DISCARD_SECTORS;
-	cfg.max_secure_erase_seg = 1;
+	cfg.max_secure_erase_seg = VUB_MAX_DWZ_SEG;
 	cfg.secure_erase_sector_alignment = phys / VIRTIO_BLK_SECTOR_SIZE;
 	memset(buf, 0, VHOST_USER_MAX_CONFIG_SIZE);
 	memcpy(buf, &cfg, sizeof(cfg));

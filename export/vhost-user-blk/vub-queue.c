@@ -142,16 +142,27 @@ static void blk_finish(struct vub_req *r, int ret)
 	q_push(r->q, r, (ret == 0 ? r->in_len : 0) + 1);
 }
 
+/* A request may be several node requests (the segments of a discard / write-zeroes): the
+ * first error wins, the status is written when the last one is done. */
+static void blk_part_done(struct vub_req *r, int ret)
+{
+	if (ret < 0 && r->part_err == 0)
+		r->part_err = ret;
+	if (--r->parts == 0)
+		blk_finish(r, r->part_err);
+}
+
 static void blk_done(struct bd_req *br, int ret)
 {
 	struct vub_req *r = br->opaque;
 
 	bd_req_put(br);
-	blk_finish(r, ret);
+	blk_part_done(r, ret);
 }
 
-static void blk_submit(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t len, uint32_t flags,
-		       struct iovec *iov, int iovcnt)
+/* Submit one node request as a part of r (r->parts counts it already). */
+static void blk_submit_part(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t len,
+			    uint32_t flags, struct iovec *iov, int iovcnt)
 {
 	struct vub_queue *q = r->q;
 	struct bd_req *br = bd_req_get(q->ch);
@@ -168,8 +179,16 @@ static void blk_submit(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t 
 	e = bd_submit(q->ch, br);
 	if (e < 0) {
 		bd_req_put(br);
-		blk_finish(r, e);
+		blk_part_done(r, e);
 	}
+}
+
+static void blk_submit(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t len, uint32_t flags,
+		       struct iovec *iov, int iovcnt)
+{
+	r->parts = 1;
+	r->part_err = 0;
+	blk_submit_part(r, op, off, len, flags, iov, iovcnt);
 }
 
 /* Check a byte range against the disk and the logical block size. */
@@ -185,52 +204,64 @@ static bool range_ok(struct vub_export *x, uint64_t sector, uint64_t len)
 	return off <= size && len <= size - off;
 }
 
-/* DISCARD, WRITE_ZEROES, SECURE_ERASE: one segment. */
+/* DISCARD, WRITE_ZEROES, SECURE_ERASE: 1..VUB_MAX_DWZ_SEG segments, all checked before any is
+ * submitted; they run in parallel. */
 static void blk_range_op(struct vub_req *r)
 {
 	struct vub_export *x = r->q->c->exp;
 	struct vub_conn *c = r->q->c;
-	struct virtio_blk_discard_wz seg;
+	struct virtio_blk_discard_wz seg[VUB_MAX_DWZ_SEG];
 	uint32_t t = r->blk.type, flags = 0;
 	unsigned feat = t == VIRTIO_BLK_T_DISCARD	 ? VIRTIO_BLK_F_DISCARD
 			: t == VIRTIO_BLK_T_WRITE_ZEROES ? VIRTIO_BLK_F_WRITE_ZEROES
 							 : VIRTIO_BLK_F_SECURE_ERASE;
 	enum bd_op op = t == VIRTIO_BLK_T_DISCARD ? BD_OP_DISCARD : BD_OP_WRITE_ZEROES;
+	unsigned n;
 
 	if (!has_feature(c, feat)) {
 		blk_finish(r, -ENOTSUP);
 		return;
 	}
-	if (!x->writable || r->blk.data_len != sizeof(seg)) {
-		/* several segments: we announce max_*_seg = 1 */
-		blk_finish(r, x->writable ? -ENOTSUP : -EROFS);
+	if (!x->writable) {
+		blk_finish(r, -EROFS);
 		return;
 	}
-	bd_iov_to_buf(r->blk.data, r->blk.ndata, 0, &seg, sizeof(seg));
-	if (t == VIRTIO_BLK_T_WRITE_ZEROES) {
-		if (seg.flags & ~VIRTIO_BLK_WZ_F_UNMAP) {
+	if (r->blk.data_len == 0 || r->blk.data_len % sizeof(seg[0]) ||
+	    r->blk.data_len > sizeof(seg)) {
+		/* no segment, a partial one, or more than max_*_seg */
+		blk_finish(r, r->blk.data_len > sizeof(seg) ? -ENOTSUP : -EIO);
+		return;
+	}
+	n = (unsigned)(r->blk.data_len / sizeof(seg[0]));
+	bd_iov_to_buf(r->blk.data, r->blk.ndata, 0, seg, n * sizeof(seg[0]));
+	for (unsigned i = 0; i < n; i++) {
+		uint32_t allowed = t == VIRTIO_BLK_T_WRITE_ZEROES ? VIRTIO_BLK_WZ_F_UNMAP : 0;
+		if (seg[i].flags & ~allowed) {
 			blk_finish(r, -ENOTSUP);
 			return;
 		}
-		if (seg.flags & VIRTIO_BLK_WZ_F_UNMAP)
-			flags |= BD_REQ_MAY_UNMAP;
-	} else if (seg.flags) {
-		blk_finish(r, -ENOTSUP);
-		return;
-	}
-	if (seg.num_sectors > VUB_MAX_DISCARD_SECTORS ||
-	    !range_ok(x, seg.sector, (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_SIZE)) {
-		blk_finish(r, -EIO);
-		return;
-	}
-	if (seg.num_sectors == 0) {
-		blk_finish(r, 0);
-		return;
+		if (seg[i].num_sectors > VUB_MAX_DISCARD_SECTORS ||
+		    !range_ok(x, seg[i].sector,
+			      (uint64_t)seg[i].num_sectors * VIRTIO_BLK_SECTOR_SIZE)) {
+			blk_finish(r, -EIO);
+			return;
+		}
 	}
 	if (!atomic_load_explicit(&c->wce, memory_order_relaxed) && op == BD_OP_WRITE_ZEROES)
 		flags |= BD_REQ_FUA;
-	blk_submit(r, op, seg.sector * VIRTIO_BLK_SECTOR_SIZE,
-		   (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_SIZE, flags, NULL, 0);
+	r->parts = 1; /* held until every segment is submitted */
+	r->part_err = 0;
+	for (unsigned i = 0; i < n; i++) {
+		uint32_t f = flags;
+		if (seg[i].num_sectors == 0)
+			continue;
+		if (seg[i].flags & VIRTIO_BLK_WZ_F_UNMAP)
+			f |= BD_REQ_MAY_UNMAP;
+		r->parts++;
+		blk_submit_part(r, op, seg[i].sector * VIRTIO_BLK_SECTOR_SIZE,
+				(uint64_t)seg[i].num_sectors * VIRTIO_BLK_SECTOR_SIZE, f, NULL, 0);
+	}
+	blk_part_done(r, 0);
 }
 
 static void blk_start(struct vub_req *r, struct vub_chain *ch)

@@ -24,10 +24,19 @@ assert_contains "$out" "capacity=131072 blk_size=512"
 assert_contains "$out" "num_queues=4"
 assert_contains "$out" "ro=0 discard=1 write_zeroes=1"
 assert_contains "$out" "serial=blockd-serial-1 (status 0)"
+assert_contains "$out" "max_discard_seg=32 max_write_zeroes_seg=32"
+
+# the same checks with packed virtqueues
+out=$("$VUB_CLIENT" "$T/vub.sock" verify --queues 4 --packed)
+assert_contains "$out" "VERIFY OK"
 
 out=$("$VUB_CLIENT" "$T/vub.sock" verify --queues 4)
 echo "$out"
 assert_contains "$out" "VERIFY OK"
+# several segments per discard / write-zeroes request (max_*_seg = 32)
+assert_contains "$out" "ok: zeroes exactly in the 3 segments"
+assert_contains "$out" "ok: more segments than max_write_zeroes_seg: UNSUPP"
+assert_contains "$out" "ok: discard with 2 segments"
 
 # data written through the export lands in the image
 bd_random_file "$T/pat" 3072
@@ -36,10 +45,15 @@ bd_random_file "$T/pat" 3072
 assert_file_eq "$T/pat" "$T/back"
 dd if="$T/img" of="$T/fromimg" bs=1M skip=8 count=3 status=none
 assert_file_eq "$T/pat" "$T/fromimg"
-"$VUB_CLIENT" "$T/vub.sock" zero 8M 1M
+"$VUB_CLIENT" "$T/vub.sock" zero 8M 512K 9M 512K
 "$VUB_CLIENT" "$T/vub.sock" flush
-dd if="$T/img" of="$T/fromimg" bs=1M skip=8 count=1 status=none
-cmp -s "$T/fromimg" <(head -c 1M /dev/zero) || fail "write-zeroes did not zero the image"
+dd if="$T/img" of="$T/fromimg" bs=512K skip=16 count=1 status=none
+cmp -s "$T/fromimg" <(head -c 512K /dev/zero) || fail "write-zeroes did not zero the image"
+dd if="$T/img" of="$T/fromimg" bs=512K skip=18 count=1 status=none
+cmp -s "$T/fromimg" <(head -c 512K /dev/zero) || fail "write-zeroes (2nd segment) did not zero the image"
+dd if="$T/img" of="$T/fromimg" bs=512K skip=17 count=1 status=none
+cmp -s "$T/fromimg" <(dd if="$T/pat" bs=512K skip=1 count=1 status=none) ||
+	fail "write-zeroes with two segments zeroed between them"
 
 # read-only export with 4k logical blocks
 out=$("$VUB_CLIENT" "$T/ro.sock" info)

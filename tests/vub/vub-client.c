@@ -6,7 +6,7 @@
  * usage: vub-client SOCKET COMMAND [options]
  *   info                         features, config space, serial
  *   write OFF LEN FILE           write LEN bytes of FILE at OFF;  read OFF LEN FILE: the reverse
- *   discard|zero|zero-unmap|flush [OFF LEN]
+ *   discard|zero|zero-unmap OFF LEN [OFF LEN...]   one request, up to 4 segments;  flush
  *   verify                       self-check: write/read back on every queue, discard, zeroes,
  *                                flush, GET_ID, out-of-range and read-only errors
  *   hostile                      bad descriptors and bad messages; the back end must survive
@@ -513,13 +513,25 @@ static int sync_req(unsigned qi, uint32_t type, uint64_t off, uint32_t len, bool
 	return q->slots[0].status;
 }
 
-static int range_req(unsigned qi, uint32_t type, uint64_t off, uint64_t len, uint32_t flags)
+/* A DISCARD / WRITE_ZEROES / SECURE_ERASE request with n segments (offset, length pairs in
+ * ol[]) and `extra` bytes more (to send a partial segment).  Returns the status byte. */
+static int multi_req(unsigned qi, uint32_t type, unsigned n, const uint64_t *ol, uint32_t flags,
+		     uint32_t extra)
 {
 	struct virtio_blk_discard_wz *seg = (void *)vqs[qi].slots[0].buf;
-	seg->sector = off / 512;
-	seg->num_sectors = (uint32_t)(len / 512);
-	seg->flags = flags;
-	return sync_req(qi, type, off, sizeof(*seg), false);
+
+	for (unsigned i = 0; i < n; i++) {
+		seg[i].sector = ol[2 * i] / 512;
+		seg[i].num_sectors = (uint32_t)(ol[2 * i + 1] / 512);
+		seg[i].flags = flags;
+	}
+	return sync_req(qi, type, 0, (uint32_t)(n * sizeof(*seg)) + extra, false);
+}
+
+static int range_req(unsigned qi, uint32_t type, uint64_t off, uint64_t len, uint32_t flags)
+{
+	uint64_t ol[2] = {off, len};
+	return multi_req(qi, type, 1, ol, flags, 0);
 }
 
 /* ---- commands ------------------------------------------------------------------------------- */
@@ -542,6 +554,8 @@ static int cmd_info(void)
 	       !!(features & (1ull << VIRTIO_BLK_F_RO)),
 	       !!(features & (1ull << VIRTIO_BLK_F_DISCARD)),
 	       !!(features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES)));
+	printf("max_discard_seg=%u max_write_zeroes_seg=%u secure_erase=%d\n", cfg.max_discard_seg,
+	       cfg.max_write_zeroes_seg, !!(features & (1ull << VIRTIO_BLK_F_SECURE_ERASE)));
 	printf("serial=%s (status %d)\n", id, st);
 	return 0;
 }
@@ -577,6 +591,58 @@ static int fails;
 		}                                                                                  \
 		printf("\n");                                                                      \
 	} while (0)
+
+/* Several segments in one request: zeroes exactly in them, the pattern around them. */
+static void check_multi_segment(void)
+{
+	static const uint64_t ol[6] = {2 << 20, 4096, (2 << 20) + 65536, 8192, (2 << 20) + 196608,
+				       65536};
+	uint64_t many[2 * 40];
+	uint8_t *b = vqs[0].slots[0].buf;
+	bool good = true;
+
+	if (cfg.max_write_zeroes_seg < 3) {
+		printf("skipped: multi-segment write zeroes (max_write_zeroes_seg=%u)\n",
+		       cfg.max_write_zeroes_seg);
+		return;
+	}
+	memset(b, 0xaa, 262144);
+	CHECK(sync_req(0, VIRTIO_BLK_T_OUT, 2 << 20, 262144, false) == 0, "pattern written");
+	CHECK(multi_req(0, VIRTIO_BLK_T_WRITE_ZEROES, 3, ol, 0, 0) == 0,
+	      "write zeroes with 3 segments");
+	CHECK(sync_req(0, VIRTIO_BLK_T_IN, 2 << 20, 262144, true) == 0, "read back");
+	for (unsigned i = 0; i < 262144; i++) {
+		bool in = false;
+		for (unsigned k = 0; k < 3; k++)
+			in |=
+			    i >= ol[2 * k] - (2 << 20) && i < ol[2 * k] - (2 << 20) + ol[2 * k + 1];
+		good &= b[i] == (in ? 0 : 0xaa);
+	}
+	CHECK(good, "zeroes exactly in the 3 segments");
+	for (unsigned i = 0; i < 40; i++) {
+		many[2 * i] = (uint64_t)i << 16;
+		many[2 * i + 1] = 512;
+	}
+	CHECK(multi_req(0, VIRTIO_BLK_T_WRITE_ZEROES, cfg.max_write_zeroes_seg + 1, many, 0, 0) ==
+		  VIRTIO_BLK_S_UNSUPP,
+	      "more segments than max_write_zeroes_seg: UNSUPP");
+	CHECK(multi_req(0, VIRTIO_BLK_T_WRITE_ZEROES, 1, ol, 0, 8) == VIRTIO_BLK_S_IOERR,
+	      "a partial segment: IOERR");
+	if (features & (1ull << VIRTIO_BLK_F_DISCARD) && cfg.max_discard_seg >= 2)
+		CHECK(multi_req(0, VIRTIO_BLK_T_DISCARD, 2, many, 0, 0) == 0,
+		      "discard with 2 segments");
+	if (features & (1ull << VIRTIO_BLK_F_SECURE_ERASE)) {
+		memset(b, 0x55, 65536);
+		sync_req(0, VIRTIO_BLK_T_OUT, 3 << 20, 65536, false);
+		CHECK(range_req(0, VIRTIO_BLK_T_SECURE_ERASE, 3 << 20, 65536, 0) == 0,
+		      "secure erase");
+		sync_req(0, VIRTIO_BLK_T_IN, 3 << 20, 65536, true);
+		good = true;
+		for (unsigned i = 0; i < 65536; i++)
+			good &= b[i] == 0;
+		CHECK(good, "secure erase reads back zeroes");
+	}
+}
 
 static int cmd_verify(void)
 {
@@ -646,6 +712,8 @@ static int cmd_verify(void)
 		if (features & (1ull << VIRTIO_BLK_F_DISCARD))
 			CHECK(range_req(0, VIRTIO_BLK_T_DISCARD, 1 << 20, 1 << 20, 0) == 0,
 			      "discard");
+		if (features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES))
+			check_multi_segment();
 	}
 	free(pat);
 	printf("%s\n", fails ? "VERIFY FAILED" : "VERIFY OK");
@@ -998,11 +1066,14 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "flush"))
 		return sync_req(0, VIRTIO_BLK_T_FLUSH, 0, 0, false) ? 1 : 0;
 	if ((!strcmp(cmd, "discard") || !strcmp(cmd, "zero") || !strcmp(cmd, "zero-unmap")) &&
-	    npos == 2) {
+	    npos >= 2 && npos % 2 == 0) {
+		uint64_t ol[8];
+		for (int i = 0; i < npos; i++)
+			ol[i] = parse_size(pos[i]);
 		int st =
-		    range_req(0, cmd[0] == 'd' ? VIRTIO_BLK_T_DISCARD : VIRTIO_BLK_T_WRITE_ZEROES,
-			      parse_size(pos[0]), parse_size(pos[1]),
-			      !strcmp(cmd, "zero-unmap") ? VIRTIO_BLK_WZ_F_UNMAP : 0);
+		    multi_req(0, cmd[0] == 'd' ? VIRTIO_BLK_T_DISCARD : VIRTIO_BLK_T_WRITE_ZEROES,
+			      (unsigned)npos / 2, ol,
+			      !strcmp(cmd, "zero-unmap") ? VIRTIO_BLK_WZ_F_UNMAP : 0, 0);
 		printf("%s: status %d\n", cmd, st);
 		return st ? 1 : 0;
 	}
