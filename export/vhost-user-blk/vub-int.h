@@ -81,8 +81,15 @@ struct vub_queue {
 	int kick_fd, call_fd, err_fd;
 	int new_call_fd; /* handed to the loop by SET_VRING_CALL on a running queue */
 
+	/* Control state [control]: started by vub_queue_try_start until its stop has completed;
+	 * stopping while an asynchronous stop is under way. */
+	bool started, stopping;
+	atomic_bool stop_acked; /* [loop -> control] the loop is done with the queue */
+
 	/* Ring state [loop while running, control while stopped]. */
 	bool running;
+	bool stop_pending; /* [loop] stop once nothing is in flight */
+	struct bd_defer stop_defer;
 	bool broken;
 	bool packed, event_idx, indirect;
 	struct bd_chan *ch;
@@ -104,7 +111,6 @@ struct vub_queue {
 	struct vub_poll *kick_poll;
 	struct bd_defer notify_defer;
 	bool need_notify;
-	bool busy; /* answer of q_check */
 
 	/* statistics (loop) */
 	uint64_t nr_requests, nr_kicks, nr_calls;
@@ -112,9 +118,14 @@ struct vub_queue {
 
 struct vub_conn {
 	struct vub_export *exp;
+	unsigned nq;
 	int fd;
 	struct vub_poll *poll;
-	bool closing;
+	bool closing;		/* disconnecting: freed once its queues have stopped */
+	bool waiting;		/* the current message waits for queues to stop */
+	bool zombie;		/* freed, but stop answers are still to come */
+	unsigned pending_stops; /* stop answers still to come */
+	uint64_t msg_ran;	/* queues the current message stopped (to restart them) */
 
 	/* message being received */
 	struct vhost_user_hdr hdr;
@@ -167,12 +178,17 @@ static inline bool has_feature(const struct vub_conn *c, unsigned bit)
  */
 /* [loop] The queue's notify_defer callback: signal the call eventfd if the driver wants it. */
 void vub_q_notify_defer(struct bd_defer *d);
+/* [loop] The queue's stop_defer callback: the stop is complete, tell the control thread. */
+void vub_q_stop_done(struct bd_defer *d);
 /* [loop] Run by bd_loop_call() for SET_VRING_CALL on a running queue: switch to new_call_fd. */
 void vub_q_swap_call_fn(void *arg);
-/* [control] Stop q if it runs, and wait until its in-flight requests have completed. */
+/* [control] Ask q's loop to stop it (if started); vub_q_stopped() comes when it has. */
+void vub_queue_stop_begin(struct vub_queue *q);
+/* [control] Message from the loop: q has stopped; calls vub_conn_stop_answered(). */
+void vub_q_stopped(void *arg);
+/* [control] Stop q and wait for it (teardown only: blocks until its in-flight requests have
+ * completed). */
 void vub_queue_stop(struct vub_queue *q);
-/* [control] Stop every running queue (all at once, then wait for each); was[] says which ran. */
-void vub_conn_stop_all(struct vub_conn *c, bool *was);
 /* [control] Start q if it has everything it needs. */
 void vub_queue_try_start(struct vub_queue *q);
 /* [control] Stop q and forget its configuration (fds closed). */
@@ -209,8 +225,11 @@ void vub_ifp_push_end(struct vub_queue *q, struct vub_req *r);
 /* ---------------------------------------------------------------------------------------------
  * The connection (vub-msg.c) [control]
  */
-/* Release everything of a connection and accept the next one. */
+/* Release everything of a connection and accept the next one (waits for queues still running:
+ * for teardown; a disconnect stops them asynchronously first). */
 void vub_conn_free(struct vub_conn *c);
+/* A queue's stop has been answered (c->pending_stops is updated): go on with what waited. */
+void vub_conn_stop_answered(struct vub_conn *c);
 /* Wait for the next front end on the export's listening socket. */
 void vub_export_listen_arm(struct vub_export *x);
 /* The node watch's resized callback: update the size, tell the front end (back-end channel). */

@@ -25,6 +25,7 @@
  * The data path [loop]
  */
 static void q_process(struct vub_queue *q);
+static void q_stop_check(struct vub_queue *q);
 
 void vub_q_set_broken(struct vub_queue *q, const char *why)
 {
@@ -128,6 +129,7 @@ static void q_push(struct vub_queue *q, struct vub_req *r, uint32_t len)
 		q->want_process = false;
 		q_process(q);
 	}
+	q_stop_check(q);
 }
 
 static void blk_finish(struct vub_req *r, int ret)
@@ -276,6 +278,7 @@ static void blk_start(struct vub_req *r, struct vub_chain *ch)
 		r->next_free = q->free;
 		q->free = r;
 		q->inflight--;
+		q_stop_check(q);
 		return;
 	}
 	r->in_len = 0;
@@ -506,6 +509,37 @@ static void q_start_fn(void *arg)
 	bd_loop_defer(q->loop, &q->notify_defer);
 }
 
+/* [loop] The queue has stopped and nothing is in flight: flush the notification (a notify_defer
+ * queued before this defer has run: defers run in order), note where the ring resumes, and tell
+ * the control thread.  After the release store the loop no longer touches q. */
+void vub_q_stop_done(struct bd_defer *d)
+{
+	struct vub_queue *q = container_of(d, struct vub_queue, stop_defer);
+
+	q_notify_now(q);
+	/* Everything taken from the ring has completed: a restart (or GET_VRING_BASE) resumes from
+	 * here, in SET_VRING_BASE's encoding. */
+	if (q->packed)
+		q->base = (uint32_t)(q->last_avail & 0x7fff) | ((uint32_t)q->avail_wrap << 15);
+	else
+		q->base = q->last_avail;
+	atomic_store_explicit(&q->stop_acked, true, memory_order_release);
+	while (bd_loop_send(bd_loop_main(), vub_q_stopped, q) < 0) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL); /* -ENOMEM: the control thread must hear of it */
+	}
+}
+
+/* [loop] A stop was asked for: finish it once the last request in flight has completed. */
+static void q_stop_check(struct vub_queue *q)
+{
+	if (q->stop_pending && q->inflight == 0) {
+		q->stop_pending = false;
+		bd_loop_defer(q->loop, &q->stop_defer);
+	}
+}
+
+/* [loop] Stop taking requests; the stop completes when those in flight have. */
 static void q_stop_fn(void *arg)
 {
 	struct vub_queue *q = arg;
@@ -513,20 +547,8 @@ static void q_stop_fn(void *arg)
 	q->running = false;
 	vub_poll_cancel(q->loop, q->kick_poll);
 	q->kick_poll = NULL;
-}
-
-static void q_check_fn(void *arg)
-{
-	struct vub_queue *q = arg;
-
-	q->busy = q->inflight > 0;
-	if (!q->busy)
-		q_notify_now(q);
-}
-
-static void q_noop_fn(void *arg)
-{
-	(void)arg;
+	q->stop_pending = true;
+	q_stop_check(q);
 }
 
 void vub_q_swap_call_fn(void *arg)
@@ -540,48 +562,48 @@ void vub_q_swap_call_fn(void *arg)
 
 /* ---------------------------------------------------------------------------------------------
  * Queue control [control]
+ *
+ * A queue is "started" from vub_queue_try_start() until its stop has completed.  Stops are
+ * asynchronous: vub_queue_stop_begin() asks the loop, which answers with vub_q_stopped() on the
+ * control thread once the requests in flight have completed (c->pending_stops counts the answers
+ * still to come).  Only teardown waits for them (vub_queue_stop).
  */
-/* Wait until a stopped queue has no request in flight and no notification pending. */
-static void queue_wait_idle(struct vub_queue *q)
+void vub_queue_stop_begin(struct vub_queue *q)
 {
-	for (;;) {
-		struct timespec ts = {0, 200000};
-		bd_loop_call(q->loop, q_check_fn, q);
-		if (!q->busy)
-			break;
-		nanosleep(&ts, NULL);
+	if (!q->started || q->stopping)
+		return;
+	q->stopping = true;
+	atomic_store_explicit(&q->stop_acked, false, memory_order_relaxed);
+	q->c->pending_stops++;
+	if (bd_loop_send(q->loop, q_stop_fn, q) < 0)
+		bd_loop_call(q->loop, q_stop_fn, q);
+}
+
+void vub_q_stopped(void *arg)
+{
+	struct vub_queue *q = arg;
+	struct vub_conn *c = q->c;
+
+	if (q->stopping) {
+		q->stopping = false;
+		q->started = false;
 	}
-	/* A notify deferred earlier in that iteration has run once this returns. */
-	bd_loop_call(q->loop, q_noop_fn, q);
-	/* Everything taken from the ring has completed: a restart (or GET_VRING_BASE) resumes
-	 * from here, in SET_VRING_BASE's encoding. */
-	if (q->packed)
-		q->base = (uint32_t)(q->last_avail & 0x7fff) | ((uint32_t)q->avail_wrap << 15);
-	else
-		q->base = q->last_avail;
+	c->pending_stops--;
+	vub_conn_stop_answered(c);
 }
 
 void vub_queue_stop(struct vub_queue *q)
 {
-	if (!q->running)
+	vub_queue_stop_begin(q);
+	if (!q->stopping)
 		return;
-	bd_loop_call(q->loop, q_stop_fn, q);
-	queue_wait_idle(q);
-}
-
-/* Stop every running queue (all at once, then wait for each); was[] says which ran. */
-void vub_conn_stop_all(struct vub_conn *c, bool *was)
-{
-	unsigned nq = c->exp->nq;
-
-	for (unsigned i = 0; i < nq; i++) {
-		was[i] = c->q[i]->running;
-		if (was[i])
-			bd_loop_call(c->q[i]->loop, q_stop_fn, c->q[i]);
+	while (!atomic_load_explicit(&q->stop_acked, memory_order_acquire)) {
+		struct timespec ts = {0, 200000};
+		nanosleep(&ts, NULL);
 	}
-	for (unsigned i = 0; i < nq; i++)
-		if (was[i])
-			queue_wait_idle(c->q[i]);
+	/* vub_q_stopped() still comes, and finds the queue stopped already */
+	q->stopping = false;
+	q->started = false;
 }
 
 static int queue_ring_setup(struct vub_queue *q)
@@ -663,7 +685,7 @@ void vub_queue_try_start(struct vub_queue *q)
 	struct vub_conn *c = q->c;
 	int e;
 
-	if (q->running || q->broken || !q->enabled || q->kick_fd < 0 || !q->addr_set || !q->num ||
+	if (q->started || q->broken || !q->enabled || q->kick_fd < 0 || !q->addr_set || !q->num ||
 	    !c->mem.n)
 		return;
 	e = queue_ring_setup(q);
@@ -675,6 +697,7 @@ void vub_queue_try_start(struct vub_queue *q)
 		q->broken = true;
 		return;
 	}
+	q->started = true;
 	bd_loop_call(q->loop, q_start_fn, q);
 }
 

@@ -15,6 +15,8 @@
  *                                passes of writes over the area (a pattern per pass and block),
  *                                every request checked to complete once with status OK; then the
  *                                area is read back and compared; FILE gets the expected bytes
+ *   stop-under-load [--qd N]     N writes in flight, then a memory table change (the back end
+ *                                stops the queues): all must complete before the ack
  * Options for every command: --queues N (default 1), --num N (ring size, default 256),
  * --packed (packed virtqueues), --inflight (in-flight tracking: GET/SET_INFLIGHT_FD),
  * --reconnect (when the back end goes away, connect again and set everything up as QEMU does,
@@ -621,7 +623,7 @@ static void check_multi_segment(void)
 	CHECK(good, "zeroes exactly in the 3 segments");
 	for (unsigned i = 0; i < 40; i++) {
 		many[2 * i] = (uint64_t)i << 16;
-		many[2 * i + 1] = 512;
+		many[2 * i + 1] = cfg.blk_size ? cfg.blk_size : 512;
 	}
 	CHECK(multi_req(0, VIRTIO_BLK_T_WRITE_ZEROES, cfg.max_write_zeroes_seg + 1, many, 0, 0) ==
 		  VIRTIO_BLK_S_UNSUPP,
@@ -860,6 +862,37 @@ static int cmd_bench(void)
 	return 0;
 }
 
+/* ---- a queue stopped under load -------------------------------------------------------------- */
+/* --qd writes on queue 0, then the same memory table again (the back end stops the queues, waits
+ * for what is in flight, restarts them) with REPLY_ACK: every write must have completed when the
+ * ack comes, and the queue must serve the next request. */
+static int cmd_stop_under_load(void)
+{
+	struct vq *q = &vqs[0];
+	unsigned qd = bench_qd < q->nslots ? bench_qd : q->nslots, before_ack;
+	struct vhost_user_mem_table mt = {.nregions = 1};
+	uint64_t t0, ack;
+	int sl;
+
+	for (unsigned s = 0; s < qd; s++) {
+		memset(q->slots[s].buf, (int)s, 4096);
+		submit(q, s, VIRTIO_BLK_T_OUT, (uint64_t)s * 8, 4096, false);
+	}
+	kick(q);
+	usleep(100000);
+	mt.regions[0].memory_size = mem_size;
+	mt.regions[0].userspace_addr = (uint64_t)(uintptr_t)mem;
+	t0 = now_ns();
+	ack = vu_call(VHOST_USER_SET_MEM_TABLE, &mt, 8 + sizeof(mt.regions[0]), &mem_fd, 1);
+	printf("memory table ack %" PRIu64 " after %.0f ms\n", ack, (double)(now_ns() - t0) / 1e6);
+	before_ack = 0;
+	while ((sl = next_used(q)) >= 0)
+		before_ack += q->slots[sl].status == VIRTIO_BLK_S_OK;
+	printf("%u of %u writes completed OK before the ack\n", before_ack, qd);
+	printf("next request: status %d\n", sync_req(0, VIRTIO_BLK_T_IN, 0, 4096, true));
+	return before_ack == qd ? 0 : 1;
+}
+
 /* ---- stress: writes that must survive back-end restarts ---------------------------------------
  */
 static uint64_t stress_area = 8u << 20;
@@ -1043,7 +1076,7 @@ int main(int argc, char **argv)
 		die("--bs must be between 512 and 1M");
 	{
 		unsigned slots = ring_num / 3;
-		if (strcmp(cmd, "bench") && strcmp(cmd, "stress"))
+		if (strcmp(cmd, "bench") && strcmp(cmd, "stress") && strcmp(cmd, "stop-under-load"))
 			slots = 2;
 		else if (bench_qd < slots)
 			slots = bench_qd;
@@ -1059,6 +1092,8 @@ int main(int argc, char **argv)
 		return packed ? (fprintf(stderr, "hostile: split rings only\n"), 2) : cmd_hostile();
 	if (!strcmp(cmd, "stress"))
 		return cmd_stress();
+	if (!strcmp(cmd, "stop-under-load"))
+		return cmd_stop_under_load();
 	if (!strcmp(cmd, "bench"))
 		return cmd_bench();
 	if ((!strcmp(cmd, "write") || !strcmp(cmd, "read")) && npos == 3)
