@@ -19,8 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FREE_END 0xffffu /* end of the packed free list (never a valid index: rings <= 32768) */
-
 size_t vub_inflight_queue_size(bool packed, uint16_t qsize)
 {
 	size_t sz =
@@ -33,14 +31,6 @@ size_t vub_inflight_queue_size(bool packed, uint16_t qsize)
 static int cmp_split(const void *a, const void *b, void *arg)
 {
 	const struct vub_inflight_queue *f = arg;
-	uint64_t ca = f->desc[*(const uint16_t *)a].counter,
-		 cb = f->desc[*(const uint16_t *)b].counter;
-	return ca < cb ? -1 : ca > cb;
-}
-
-static int cmp_packed(const void *a, const void *b, void *arg)
-{
-	const struct vub_inflight_pqueue *f = arg;
 	uint64_t ca = f->desc[*(const uint16_t *)a].counter,
 		 cb = f->desc[*(const uint16_t *)b].counter;
 	return ca < cb ? -1 : ca > cb;
@@ -109,7 +99,7 @@ static void ifp_init(struct vub_queue *q)
 
 	memset(f->desc, 0, sizeof(f->desc[0]) * q->num);
 	for (uint32_t i = 0; i < q->num; i++)
-		f->desc[i].next = (uint16_t)(i + 1 < q->num ? i + 1 : FREE_END);
+		f->desc[i].next = (uint16_t)(i + 1 < q->num ? i + 1 : VUB_IFP_END);
 	f->features = 0;
 	f->desc_num = (uint16_t)q->num;
 	f->free_head = f->old_free_head = 0;
@@ -119,50 +109,15 @@ static void ifp_init(struct vub_queue *q)
 	f->version = 1;
 }
 
-/* Before the restore: finish or roll back an update the previous back end was in the middle of. */
-static void ifp_recover(struct vub_queue *q)
-{
-	struct vub_inflight_pqueue *f = q->ifp;
-
-	if ((f->used_idx != f->old_used_idx || f->used_wrap_counter != f->old_used_wrap_counter) &&
-	    f->old_used_idx < q->num) {
-		/* A completion was under way.  If the descriptor at the old used index no longer
-		 * looks as the driver made it available, its used element was written: commit. */
-		uint16_t fl = __atomic_load_n(&q->pdesc[f->old_used_idx].flags, __ATOMIC_ACQUIRE);
-		bool w = f->old_used_wrap_counter != 0;
-		bool avail = fl & VRING_PACKED_DESC_F_AVAIL, used = fl & VRING_PACKED_DESC_F_USED;
-		if (!(avail == w && used != w)) {
-			f->old_free_head = f->free_head;
-			f->old_used_idx = f->used_idx;
-			f->old_used_wrap_counter = f->used_wrap_counter;
-		}
-	}
-	f->free_head = f->old_free_head;
-	f->used_idx = f->old_used_idx;
-	f->used_wrap_counter = f->old_used_wrap_counter;
-	/* The entry at the free head may carry a stale mark: a chain half taken, or a completion
-	 * committed above before its mark was cleared. */
-	if (f->free_head < q->num)
-		f->desc[f->free_head].inflight = 0;
-}
-
 /* Resubmit the chain recorded at entry head (tmp: room for num descriptors).  false if the
  * recorded chain does not walk (the queue is then broken). */
 static bool ifp_resubmit(struct vub_queue *q, uint16_t head, struct vring_packed_desc *tmp)
 {
-	struct vub_inflight_pqueue *f = q->ifp;
-	uint16_t n = f->desc[head].num, e = head;
+	uint16_t n = vub_ifp_chain(q->ifp, q->num, head, tmp);
 	struct vub_req *r = q->free;
 	struct vub_chain ch;
 
-	for (uint16_t k = 0; k < n; k++) {
-		tmp[k].addr = f->desc[e].addr;
-		tmp[k].len = f->desc[e].len;
-		tmp[k].id = f->desc[e].id;
-		tmp[k].flags = f->desc[e].flags;
-		e = f->desc[e].next;
-	}
-	if (!r)
+	if (!r || !n)
 		return false;
 	ch = (struct vub_chain){.iov = r->iov, .max = VUB_MAX_IOV};
 	if (vub_packed_walk(&q->c->mem, tmp, n, 0, q->indirect, &ch) < 0 || ch.ndesc != n)
@@ -179,78 +134,40 @@ void vub_ifp_restore(struct vub_queue *q)
 {
 	struct vub_inflight_pqueue *f = q->ifp;
 	uint32_t num = q->num, taken = 0;
-	uint16_t *heads, n = 0, prev = FREE_END;
+	uint16_t *heads;
 	uint8_t *owned;
 	struct vring_packed_desc *tmp;
 	const char *bad = NULL;
+	int n;
 
 	if (f->version != 1 || f->desc_num != num) {
 		ifp_init(q);
 		return;
 	}
-	ifp_recover(q);
-	if (f->used_idx >= num) {
-		vub_q_set_broken(q, "in-flight region: used index out of range");
-		return;
-	}
 	heads = malloc(sizeof(*heads) * num);
-	owned = calloc(num, 1);
+	owned = malloc(num);
 	tmp = malloc(sizeof(*tmp) * num);
 	if (!heads || !owned || !tmp)
 		abort();
-	/* Every entry still marked is the head of a chain in flight: check its links. */
-	q->if_counter = 0;
-	for (uint32_t i = 0; i < num && !bad; i++) {
-		struct vub_inflight_pdesc *h = &f->desc[i];
-		uint16_t e = (uint16_t)i;
-		if (h->inflight != 1)
-			continue;
-		if (h->num == 0 || h->num > num - taken) {
-			bad = "in-flight region: bad chain length";
-			break;
-		}
-		for (uint16_t k = 0; k < h->num; k++) {
-			if (e >= num || owned[e]) {
-				bad = "in-flight region: bad chain links";
-				break;
-			}
-			owned[e] = 1;
-			if (k + 1 == h->num && h->last != e)
-				bad = "in-flight region: bad chain end";
-			e = f->desc[e].next;
-		}
-		taken += h->num;
-		heads[n++] = (uint16_t)i;
-		if (h->counter > q->if_counter)
-			q->if_counter = h->counter;
-	}
-	if (bad) {
+	n = vub_ifp_scan(f, num, q->pdesc, heads, owned, &taken, &q->if_counter, &bad);
+	if (n < 0) {
 		vub_q_set_broken(q, bad);
 		goto out;
 	}
-	/* Rebuild the free list from the entries no chain owns. */
-	f->free_head = FREE_END;
-	for (uint32_t i = num; i-- > 0;) {
-		if (owned[i])
-			continue;
-		f->desc[i].inflight = 0;
-		f->desc[i].next = prev;
-		prev = (uint16_t)i;
-	}
-	f->free_head = f->old_free_head = prev;
 	/* The ring resumes after everything taken: what was used, then what is in flight. */
 	q->used_idx = f->used_idx;
 	q->used_wrap = f->used_wrap_counter != 0;
-	q->last_avail = (uint16_t)(q->used_idx + taken % num);
+	q->last_avail = q->used_idx;
 	q->avail_wrap = q->used_wrap;
-	if (q->last_avail >= num || taken == num) {
-		q->last_avail = (uint16_t)(q->last_avail - (taken == num ? 0 : num));
+	if ((uint32_t)q->last_avail + taken >= num) {
+		q->last_avail = (uint16_t)(q->last_avail + taken - num);
 		q->avail_wrap = !q->avail_wrap;
+	} else {
+		q->last_avail = (uint16_t)(q->last_avail + taken);
 	}
 	if (n) {
-		qsort_r(heads, n, sizeof(*heads), cmp_packed, f);
-		log_resubmit(q, n);
-		for (uint16_t i = 0; i < n && !q->broken; i++)
+		log_resubmit(q, (unsigned)n);
+		for (int i = 0; i < n && !q->broken; i++)
 			if (!ifp_resubmit(q, heads[i], tmp)) {
 				vub_q_set_broken(q,
 						 "in-flight region: recorded chain is malformed");
