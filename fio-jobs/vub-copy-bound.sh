@@ -52,13 +52,20 @@ tck=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$tck" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-# fio baseline: RW JOBS -> MiB/s
+# fio baseline: RW JOBS -> "MiB/s CPU-s/GiB" (the CPU figure is fio's own and not comparable with
+# the servers': only the throughput goes in the table)
 fio_base()
 {
 	fio --name=b --filename="$img" --rw="$1" --bs=1M --ioengine=psync --numjobs="$2" \
 		--offset_increment=$((want / 2)) --size=$((want / 2)) --time_based --runtime="$time_s" \
-		--group_reporting --output-format=json 2>/dev/null |
-		python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; k="read" if j["read"]["bw"] else "write"; print(round(j[k]["bw"]/1024))'
+		--invalidate=0 --group_reporting --output-format=json 2>/dev/null |
+		python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+k = "read" if j["read"]["io_bytes"] else "write"
+gib = j[k]["io_bytes"] / 2**30
+cpu = (j["usr_cpu"] + j["sys_cpu"]) / 100 * j["job_runtime"] / 1000
+print(round(j[k]["bw"] / 1024), "%.3f" % (cpu / gib if gib else 0))'
 }
 
 start_server()
