@@ -85,6 +85,8 @@ struct vub_queue {
 	 * stopping while an asynchronous stop is under way. */
 	bool started, stopping;
 	atomic_bool stop_acked; /* [loop -> control] the loop is done with the queue */
+	atomic_bool
+	    answer_claimed; /* [both] the stop's answer is taken care of (see q_stop_done) */
 
 	/* Ring state [loop while running, control while stopped]. */
 	bool running;

@@ -523,8 +523,12 @@ void vub_q_stop_done(struct bd_defer *d)
 		q->base = (uint32_t)(q->last_avail & 0x7fff) | ((uint32_t)q->avail_wrap << 15);
 	else
 		q->base = q->last_avail;
+	/* Claim the answer before the release store: a control thread stopping the queue
+	 * synchronously (teardown) claims it too, and whoever gets it first decides whether the
+	 * message is sent (after the store the loop may no longer read q). */
+	bool send = !atomic_exchange_explicit(&q->answer_claimed, true, memory_order_acq_rel);
 	atomic_store_explicit(&q->stop_acked, true, memory_order_release);
-	while (bd_loop_send(bd_loop_main(), vub_q_stopped, q) < 0) {
+	while (send && bd_loop_send(bd_loop_main(), vub_q_stopped, q) < 0) {
 		struct timespec ts = {0, 1000000};
 		nanosleep(&ts, NULL); /* -ENOMEM: the control thread must hear of it */
 	}
@@ -574,6 +578,7 @@ void vub_queue_stop_begin(struct vub_queue *q)
 		return;
 	q->stopping = true;
 	atomic_store_explicit(&q->stop_acked, false, memory_order_relaxed);
+	atomic_store_explicit(&q->answer_claimed, false, memory_order_relaxed);
 	q->c->pending_stops++;
 	if (bd_loop_send(q->loop, q_stop_fn, q) < 0)
 		bd_loop_call(q->loop, q_stop_fn, q);
@@ -594,14 +599,24 @@ void vub_q_stopped(void *arg)
 
 void vub_queue_stop(struct vub_queue *q)
 {
-	vub_queue_stop_begin(q);
+	if (q->started && !q->stopping) {
+		/* no answer message: we wait for the acknowledgement ourselves */
+		q->stopping = true;
+		atomic_store_explicit(&q->stop_acked, false, memory_order_relaxed);
+		atomic_store_explicit(&q->answer_claimed, true, memory_order_relaxed);
+		bd_loop_call(q->loop, q_stop_fn, q);
+	} else if (q->stopping &&
+		   !atomic_exchange_explicit(&q->answer_claimed, true, memory_order_acq_rel)) {
+		q->c->pending_stops--; /* an asynchronous stop whose answer will now not come */
+	}
 	if (!q->stopping)
 		return;
 	while (!atomic_load_explicit(&q->stop_acked, memory_order_acquire)) {
 		struct timespec ts = {0, 200000};
 		nanosleep(&ts, NULL);
 	}
-	/* vub_q_stopped() still comes, and finds the queue stopped already */
+	/* if the loop had claimed the answer, vub_q_stopped() still comes, and finds the queue
+	 * stopped already (the connection waits for it as a zombie) */
 	q->stopping = false;
 	q->started = false;
 }

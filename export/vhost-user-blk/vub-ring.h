@@ -87,8 +87,9 @@ int vub_blk_parse(struct vub_chain *c, struct vub_blk_req *r);
 
 /* ---- packed in-flight region (vhost-user.rst "Inflight I/O tracking"; written by vub-inflight.c,
  * but shared with the front end, so read back as outside input) ---- */
-#define VUB_IFP_END 0xffffu /* end of the free list (never an index: rings have <= 32768 entries)  \
-			     */
+#define VUB_IFP_END                                                                                \
+	0xffffu /* end of the free list (never an index: rings have <= 32768 entries)              \
+		 */
 
 /* At a restart, over the region f of a packed ring of num entries (ring: its descriptors, to see
  * whether a used element was written): commit or roll back a half-done update, find the chains in

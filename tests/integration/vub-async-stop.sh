@@ -70,4 +70,13 @@ for w in $(echo "$out" | sed -n 's/^qmp worst while [a-z]*: \([0-9]*\) ms$/\1/p'
 	[ "$w" -lt 700 ] || fail "QMP waited $w ms while a queue was stopping"
 done
 assert_contains "$out" "serial=v (status 0)"
+
+# shutdown with a front end connected and writes in flight: the queues are stopped and drained
+# synchronously, and blockd exits cleanly (no leak, no crash: bd_stop checks the exit status)
+"$VUB_CLIENT" "$T/vub.sock" bench --rw randwrite --qd 16 --time 30 >/dev/null 2>&1 &
+cpid=$!
+BD_PIDS+=("$cpid")
+sleep 0.5
 bd_stop
+wait "$cpid" 2>/dev/null || true # the front end sees the connection go and exits
+_bd_forget_pid "$cpid"

@@ -491,11 +491,11 @@ static unsigned reap(struct vq *q, void (*fn)(struct vq *, unsigned), int timeou
 		if (n)
 			return n;
 		struct pollfd p[2] = {{q->call, POLLIN, 0}, {sock, POLLIN, 0}};
-		int r = poll(p, reconnect_mode ? 2 : 1, timeout_ms);
+		int r = poll(p, 2, timeout_ms);
 		if (r == 0)
 			return 0;
-		if (reconnect_mode && p[1].revents && sock_gone()) {
-			reconnect();
+		if (p[1].revents && sock_gone()) {
+			reconnect(); /* dies unless --reconnect */
 			continue;
 		}
 		uint64_t v;
