@@ -673,6 +673,12 @@ static int queue_ring_setup(struct vub_queue *q)
 				q->ifp = area;
 			else
 				q->ifq = area;
+		} else {
+			bd_log(BD_LOG_WARN,
+			       "vhost-user-blk export '%s': queue %u: the in-flight region is too "
+			       "small for %s rings (asked for before the features were set?); "
+			       "requests in flight will not survive a restart",
+			       c->exp->id, q->idx, q->packed ? "packed" : "split");
 		}
 	}
 	if (q->nreqs != n) {
