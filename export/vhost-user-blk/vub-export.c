@@ -150,6 +150,16 @@ static int parse_loops(struct vub_export *x, json_t *opts, struct bd_err *err)
 		else
 			x->loops[i] = bd_io_loop_get(i % bd_io_loop_count());
 	}
+	/* More iothreads than queues: those without a queue help with large reads. */
+	for (unsigned i = x->nq; i < n; i++) {
+		bool used = false;
+		for (unsigned k = 0; k < x->nq; k++)
+			used |= x->loops[k] == loops[i];
+		for (unsigned k = 0; k < x->nspare; k++)
+			used |= x->spare[k] == loops[i];
+		if (!used)
+			x->spare[x->nspare++] = loops[i];
+	}
 	return 0;
 }
 

@@ -34,6 +34,10 @@
 /* Segments per DISCARD / WRITE_ZEROES / SECURE_ERASE request (max_*_seg in the config space). */
 #define VUB_MAX_DWZ_SEG 32u
 #define VUB_INFLIGHT_ALIGN 64u
+/* Reads at least this large are split in two when the queue has a helper loop: the second half
+ * runs on the helper, so that two threads copy (a 1 MiB read is bound by one thread's copy). */
+#define VUB_SPLIT_MIN (256u << 10)
+#define VUB_SPLIT_ALIGN (64u << 10)
 
 #define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
@@ -71,6 +75,7 @@ struct vub_queue {
 	struct vub_conn *c;
 	unsigned idx;
 	struct bd_loop *loop;
+	struct bd_loop *helper; /* a spare iothread that reads half of large reads, or NULL */
 
 	/* Configuration from the front end [control; read by the loop while running]. */
 	uint32_t num;
@@ -161,6 +166,8 @@ struct vub_export {
 	uint32_t lbs;
 	char serial[VIRTIO_BLK_ID_BYTES + 1];
 	struct bd_loop *loops[VUB_MAX_QUEUES];
+	struct bd_loop *spare[VUB_MAX_QUEUES]; /* iothreads listed beyond the queues: helpers */
+	unsigned nspare;
 	int listen_fd;
 	struct vub_poll *listen_poll;
 	struct vub_conn *conn;

@@ -821,6 +821,7 @@ static struct vub_conn *conn_new(struct vub_export *x, int fd)
 		q->c = c;
 		q->idx = i;
 		q->loop = x->loops[i];
+		q->helper = x->nspare ? x->spare[i % x->nspare] : NULL;
 		q->kick_fd = q->call_fd = q->err_fd = -1;
 		q->enabled = true;
 		q->notify_defer.fn = vub_q_notify_defer;

@@ -193,6 +193,108 @@ static void blk_submit(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t 
 	blk_submit_part(r, op, off, len, flags, iov, iovcnt);
 }
 
+/* ---- large reads split over two loops ---- */
+struct vub_part {
+	struct vub_req *r;
+	struct bd_loop *loop; /* the helper */
+	uint64_t off, len;
+	int ret;
+	int iovcnt;
+	struct iovec iov[VUB_MAX_IOV];
+};
+
+/* [queue's loop] The helper's half is done. */
+static void part_back(void *arg)
+{
+	struct vub_part *p = arg;
+	struct vub_req *r = p->r;
+	int ret = p->ret;
+
+	free(p);
+	blk_part_done(r, ret);
+}
+
+/* [helper loop] */
+static void part_send_back(struct vub_part *p)
+{
+	while (bd_loop_send(p->r->q->loop, part_back, p) < 0) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL); /* -ENOMEM: the request must complete */
+	}
+}
+
+static void part_done(struct bd_req *br, int ret)
+{
+	struct vub_part *p = br->opaque;
+
+	bd_req_put(br);
+	p->ret = ret;
+	part_send_back(p);
+}
+
+static void part_submit(void *arg)
+{
+	struct vub_part *p = arg;
+	struct bd_chan *ch = bd_node_chan(p->r->q->c->exp->node, p->loop);
+	struct bd_req *br = bd_req_get(ch);
+	int e;
+
+	br->op = BD_OP_READ;
+	br->offset = p->off;
+	br->len = p->len;
+	br->flags = 0;
+	br->iov = p->iov;
+	br->iovcnt = p->iovcnt;
+	br->cb = part_done;
+	br->opaque = p;
+	e = bd_submit(ch, br);
+	if (e < 0) {
+		bd_req_put(br);
+		p->ret = e;
+		part_send_back(p);
+	}
+}
+
+/* A large read on a queue with a helper loop: the first half here, the second on the helper.
+ * false: not split (the caller reads it whole). */
+static bool blk_split_read(struct vub_req *r, uint64_t off)
+{
+	struct vub_blk_req *b = &r->blk;
+	uint64_t half = (b->data_len / 2) & ~(uint64_t)(VUB_SPLIT_ALIGN - 1), acc = 0;
+	struct vub_part *p;
+	size_t in;
+	int i = 0;
+
+	if (!r->q->helper || b->data_len < VUB_SPLIT_MIN || half == 0)
+		return false;
+	p = malloc(sizeof(*p));
+	if (!p)
+		return false;
+	while (acc + b->data[i].iov_len <= half)
+		acc += b->data[i++].iov_len; /* stops inside the data: half < data_len */
+	in = (size_t)(half - acc);
+	p->r = r;
+	p->loop = r->q->helper;
+	p->off = off + half;
+	p->len = b->data_len - half;
+	p->ret = 0;
+	p->iovcnt = 0;
+	p->iov[p->iovcnt++] =
+	    (struct iovec){(uint8_t *)b->data[i].iov_base + in, b->data[i].iov_len - in};
+	for (int k = i + 1; k < b->ndata; k++)
+		p->iov[p->iovcnt++] = b->data[k];
+	r->parts = 2;
+	r->part_err = 0;
+	if (bd_loop_send(p->loop, part_submit, p) < 0) {
+		free(p);
+		return false;
+	}
+	/* the first half: the pieces before the split point */
+	b->data[i].iov_len = in;
+	blk_submit_part(r, BD_OP_READ, off, half, 0, b->data, in ? i + 1 : i);
+	return true;
+}
+
 /* Check a byte range against the disk and the logical block size. */
 static bool range_ok(struct vub_export *x, uint64_t sector, uint64_t len)
 {
@@ -300,6 +402,8 @@ static void blk_start(struct vub_req *r, struct vub_chain *ch)
 		}
 		if (!out)
 			r->in_len = (uint32_t)b->data_len;
+		if (!out && blk_split_read(r, b->sector * VIRTIO_BLK_SECTOR_SIZE))
+			return;
 		blk_submit(
 		    r, out ? BD_OP_WRITE : BD_OP_READ, b->sector * VIRTIO_BLK_SECTOR_SIZE,
 		    b->data_len,

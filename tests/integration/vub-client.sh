@@ -15,7 +15,8 @@ bd_start --object iothread,id=io1 --object iothread,id=io2 \
 	--blockdev driver=raw,node-name=r,file=f \
 	--export type=vhost-user-blk,id=v,node-name=r,addr.type=unix,addr.path="$T/vub.sock",writable=on,num-queues=4,serial=blockd-serial-1,iothreads.0=io1,iothreads.1=io2 \
 	--blockdev driver=file,node-name=f2,filename="$T/img",read-only=on,locking=off \
-	--export type=vhost-user-blk,id=v2,node-name=f2,addr.type=unix,addr.path="$T/ro.sock",num-queues=1,logical-block-size=4096
+	--export type=vhost-user-blk,id=v2,node-name=f2,addr.type=unix,addr.path="$T/ro.sock",num-queues=1,logical-block-size=4096 \
+	--export type=vhost-user-blk,id=v3,node-name=f2,addr.type=unix,addr.path="$T/split.sock",num-queues=1,iothreads.0=io1,iothreads.1=io2
 
 fds_before=$(ls /proc/"$BD_PID"/fd | wc -l)
 out=$("$VUB_CLIENT" "$T/vub.sock" info)
@@ -45,6 +46,12 @@ bd_random_file "$T/pat" 3072
 assert_file_eq "$T/pat" "$T/back"
 dd if="$T/img" of="$T/fromimg" bs=1M skip=8 count=3 status=none
 assert_file_eq "$T/pat" "$T/fromimg"
+# an export with a spare iothread (2 iothreads, 1 queue) reads the second half of large reads
+# there: 1 MiB reads, and reads at an odd 64 KiB offset with a 768 KiB tail, must be intact
+"$VUB_CLIENT" "$T/split.sock" read 8M 3M "$T/back2"
+assert_file_eq "$T/pat" "$T/back2"
+"$VUB_CLIENT" "$T/split.sock" read 8256K 2880K "$T/back3"
+cmp "$T/back3" <(dd if="$T/pat" bs=64K skip=1 count=45 status=none) || fail "split read at an offset"
 "$VUB_CLIENT" "$T/vub.sock" zero 8M 512K 9M 512K
 "$VUB_CLIENT" "$T/vub.sock" flush
 dd if="$T/img" of="$T/fromimg" bs=512K skip=16 count=1 status=none
