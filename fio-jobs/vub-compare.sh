@@ -3,7 +3,8 @@
 # same raw image, with the test front end tests/vub/vub-client (a userspace virtio-blk driver:
 # split rings in a memfd shared with the back end, one thread per queue, interrupts by eventfd).
 # Jobs: 4k random read and write at queue depth 32, 1 MiB sequential read and write at queue
-# depth 8; then blockd's scaling from one to two iothreads with two queues.  Runs alternate
+# depth 8; then blockd's scaling from one to two iothreads with two queues, and 1 MiB reads on one
+# queue with a spare iothread (blockd splits large reads over both loops).  Runs alternate
 # between the servers (the order flips every repetition); the table shows medians.
 #
 # Usage: fio-jobs/vub-compare.sh [options]
@@ -130,6 +131,9 @@ for ((r = 0; r < repeat; r++)); do
 		v=$(run_job blockd randread 4k 32 2 "$nio")
 		res["scale $nio"]+="$v"$'\n'
 	done
+	# one queue, a spare iothread: large reads are split over both loops
+	v=$(run_job blockd read 1M 8 1 2)
+	res["helper"]+="$v"$'\n'
 done
 
 metric()
@@ -156,4 +160,10 @@ metric()
 	for nio in 1 2; do
 		echo "| $nio iothread(s) | $(metric "scale $nio" 1) |"
 	done
+	echo
+	h=$(metric helper 2)
+	q=$(metric "qsd read 1M 8" 2)
+	echo "| read bs=1M qd=8, 1 queue | blockd, spare iothread (split reads) | ratio to qsd |"
+	echo "|---|---|---|"
+	echo "| | $h MiB/s | $(awk -v b="$h" -v q="$q" 'BEGIN {printf "%.2f", (q > 0) ? (b / q) : 0}')x |"
 } | tee "${md:-/dev/null}"

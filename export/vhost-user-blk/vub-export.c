@@ -150,6 +150,16 @@ static int parse_loops(struct vub_export *x, json_t *opts, struct bd_err *err)
 		else
 			x->loops[i] = bd_io_loop_get(i % bd_io_loop_count());
 	}
+	/* More iothreads than queues: those without a queue help with large reads. */
+	for (unsigned i = x->nq; i < n; i++) {
+		bool used = false;
+		for (unsigned k = 0; k < x->nq; k++)
+			used |= x->loops[k] == loops[i];
+		for (unsigned k = 0; k < x->nspare; k++)
+			used |= x->spare[k] == loops[i];
+		if (!used)
+			x->spare[x->nspare++] = loops[i];
+	}
 	return 0;
 }
 
@@ -298,13 +308,13 @@ static void vub_query(json_t *list)
 }
 
 static const struct bd_opt_desc vub_export_options[] = {
-	{"addr", BD_OPT_OBJ, true, NULL, "the vhost-user socket (SocketAddress, type unix)"},
-	{"logical-block-size", BD_OPT_SIZE, false, NULL, "logical block size (default 512)"},
-	{"num-queues", BD_OPT_INT, false, NULL, "number of virtqueues (default 1)"},
-	{"serial", BD_OPT_STR, false, NULL, "the serial the guest reads with GET_ID"},
-	{"iothreads", BD_OPT_STR_LIST, false, NULL,
-	 "iothreads the queues are spread over (a blockd extension)"},
-	{NULL},
+    {"addr", BD_OPT_OBJ, true, NULL, "the vhost-user socket (SocketAddress, type unix)"},
+    {"logical-block-size", BD_OPT_SIZE, false, NULL, "logical block size (default 512)"},
+    {"num-queues", BD_OPT_INT, false, NULL, "number of virtqueues (default 1)"},
+    {"serial", BD_OPT_STR, false, NULL, "the serial the guest reads with GET_ID"},
+    {"iothreads", BD_OPT_STR_LIST, false, NULL,
+     "iothreads the queues are spread over (a blockd extension)"},
+    {NULL},
 };
 
 const struct bd_export_type bd_export_vhost_user_blk = {

@@ -8,8 +8,8 @@
  * message that changes state a running queue reads (memory table, ring addresses, features)
  * first stops the affected queues (vub-queue.c), changes, restarts.
  *
- * In-flight tracking (GET/SET_INFLIGHT_FD) follows QEMU's docs/interop/vhost-user.rst for split
- * rings, so blockd can be killed and restarted under a running guest (chardev reconnect=1).
+ * In-flight tracking (GET/SET_INFLIGHT_FD, the region's layout in vub-inflight.c) lets blockd be
+ * killed and restarted under a running guest (chardev reconnect=1).
  */
 #include "export/vhost-user-blk/vub-int.h"
 
@@ -100,6 +100,7 @@ static bool region_overlaps(const struct vub_mem *m, const struct vhost_user_mem
  */
 #define VUB_REPLIED 1
 #define VUB_FATAL 2
+#define VUB_WAIT 3
 
 static int conn_send(int fd, uint32_t req, uint32_t flags, const void *payload, uint32_t size,
 		     int pass_fd)
@@ -165,7 +166,6 @@ static struct vub_queue *msg_queue(struct vub_conn *c, uint32_t index)
 static int h_set_mem_table(struct vub_conn *c)
 {
 	struct vhost_user_mem_table t;
-	bool was[VUB_MAX_QUEUES];
 	struct vub_mem nm = {0};
 	int e = 0;
 
@@ -188,19 +188,14 @@ static int h_set_mem_table(struct vub_conn *c)
 		mem_clear(&nm);
 		return e;
 	}
-	vub_conn_stop_all(c, was);
-	mem_clear(&c->mem);
+	mem_clear(&c->mem); /* the queues were stopped before (msg_stop_mask) */
 	c->mem = nm;
-	for (unsigned i = 0; i < c->exp->nq; i++)
-		if (was[i])
-			vub_queue_try_start(c->q[i]);
 	return 0;
 }
 
 static int h_add_mem_reg(struct vub_conn *c)
 {
 	struct vhost_user_mem_single s;
-	bool was[VUB_MAX_QUEUES];
 	struct vub_region r;
 	int e;
 
@@ -210,18 +205,13 @@ static int h_add_mem_reg(struct vub_conn *c)
 	e = region_map(&r, &s.region, c->fds[0]);
 	if (e < 0)
 		return e;
-	vub_conn_stop_all(c, was);
 	c->mem.r[c->mem.n++] = r;
-	for (unsigned i = 0; i < c->exp->nq; i++)
-		if (was[i])
-			vub_queue_try_start(c->q[i]);
 	return 0;
 }
 
 static int h_rem_mem_reg(struct vub_conn *c)
 {
 	struct vhost_user_mem_single s;
-	bool was[VUB_MAX_QUEUES];
 	unsigned i;
 
 	memcpy(&s, c->payload, sizeof(s));
@@ -231,14 +221,10 @@ static int h_rem_mem_reg(struct vub_conn *c)
 			break;
 	if (i == c->mem.n)
 		return -ENOENT;
-	vub_conn_stop_all(c, was);
 	region_unmap(&c->mem.r[i]);
 	c->mem.r[i] = c->mem.r[c->mem.n - 1];
 	memset(&c->mem.r[c->mem.n - 1], 0, sizeof(c->mem.r[0]));
 	c->mem.n--;
-	for (unsigned k = 0; k < c->exp->nq; k++)
-		if (was[k])
-			vub_queue_try_start(c->q[k]);
 	return 0;
 }
 
@@ -263,13 +249,13 @@ static void fill_config(struct vub_export *x, uint8_t *buf, bool wce)
 	cfg.wce = wce;
 	cfg.num_queues = (uint16_t)x->nq;
 	cfg.max_discard_sectors = VUB_MAX_DISCARD_SECTORS;
-	cfg.max_discard_seg = 1;
+	cfg.max_discard_seg = VUB_MAX_DWZ_SEG;
 	cfg.discard_sector_alignment = phys / VIRTIO_BLK_SECTOR_SIZE;
 	cfg.max_write_zeroes_sectors = VUB_MAX_DISCARD_SECTORS;
-	cfg.max_write_zeroes_seg = 1;
+	cfg.max_write_zeroes_seg = VUB_MAX_DWZ_SEG;
 	cfg.write_zeroes_may_unmap = 1;
 	cfg.max_secure_erase_sectors = VUB_MAX_DISCARD_SECTORS;
-	cfg.max_secure_erase_seg = 1;
+	cfg.max_secure_erase_seg = VUB_MAX_DWZ_SEG;
 	cfg.secure_erase_sector_alignment = phys / VIRTIO_BLK_SECTOR_SIZE;
 	memset(buf, 0, VHOST_USER_MAX_CONFIG_SIZE);
 	memcpy(buf, &cfg, sizeof(cfg));
@@ -302,13 +288,6 @@ static int h_set_config(struct vub_conn *c)
 	return 0;
 }
 
-static size_t inflight_queue_size(uint16_t qsize)
-{
-	return (sizeof(struct vub_inflight_queue) + sizeof(struct vub_inflight_desc) * qsize +
-		VUB_INFLIGHT_ALIGN - 1) &
-	       ~(size_t)(VUB_INFLIGHT_ALIGN - 1);
-}
-
 static void inflight_unmap(struct vub_conn *c)
 {
 	if (c->if_map)
@@ -328,7 +307,8 @@ static int h_get_inflight_fd(struct vub_conn *c)
 	if (in.num_queues == 0 || in.num_queues > c->exp->nq || in.queue_size == 0 ||
 	    in.queue_size > VUB_MAX_RING)
 		return VUB_FATAL;
-	size = inflight_queue_size(in.queue_size) * in.num_queues;
+	size = vub_inflight_queue_size(has_feature(c, VIRTIO_F_RING_PACKED), in.queue_size) *
+	       in.num_queues;
 	fd = memfd_create("blockd-vub-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return VUB_FATAL;
@@ -361,7 +341,7 @@ static int h_set_inflight_fd(struct vub_conn *c)
 
 	memcpy(&in, c->payload, sizeof(in));
 	if (in.num_queues == 0 || in.queue_size == 0 || in.queue_size > VUB_MAX_RING ||
-	    in.mmap_size < inflight_queue_size(in.queue_size) * in.num_queues ||
+	    in.mmap_size < vub_inflight_queue_size(false, in.queue_size) * in.num_queues ||
 	    in.mmap_size > SIZE_MAX || in.mmap_offset > INT64_MAX || (in.mmap_offset & 4095) ||
 	    in.mmap_offset > UINT64_MAX - in.mmap_size ||
 	    !fd_covers(c->fds[0], in.mmap_offset + in.mmap_size))
@@ -386,13 +366,57 @@ static void conn_reset(struct vub_conn *c)
 	c->features_set = false;
 }
 
+static uint64_t queue_bit(const struct vub_conn *c, uint64_t index)
+{
+	return index < c->exp->nq ? 1ull << index : 0;
+}
+
+/* The queues whose state the current message changes: they are stopped, and their requests in
+ * flight completed, before it is handled.  *restart: those that ran start again afterwards. */
+static uint64_t msg_stop_mask(const struct vub_conn *c, uint64_t u64,
+			      const struct vhost_vring_state *st, bool *restart)
+{
+	uint64_t all = c->exp->nq >= 64 ? ~0ull : (1ull << c->exp->nq) - 1;
+
+	*restart = false;
+	switch (c->hdr.request) {
+	case VHOST_USER_SET_MEM_TABLE:
+	case VHOST_USER_ADD_MEM_REG:
+	case VHOST_USER_REM_MEM_REG:
+	case VHOST_USER_SET_FEATURES:
+		*restart = true;
+		return all;
+	case VHOST_USER_RESET_OWNER:
+	case VHOST_USER_RESET_DEVICE:
+		return all;
+	case VHOST_USER_SET_VRING_ADDR:
+		*restart = true;
+		return queue_bit(c, st->index);
+	case VHOST_USER_SET_VRING_NUM:
+	case VHOST_USER_SET_VRING_BASE:
+	case VHOST_USER_GET_VRING_BASE:
+		return queue_bit(c, st->index);
+	case VHOST_USER_SET_VRING_KICK:
+		return queue_bit(c, u64 & VHOST_USER_VRING_IDX_MASK);
+	case VHOST_USER_SET_VRING_ENABLE:
+		return st->num ? 0 : queue_bit(c, st->index);
+	default:
+		return 0;
+	}
+}
+
+static int handle_msg_now(struct vub_conn *c, uint64_t u64, struct vhost_vring_state st);
+
+/* Handle the message in c.  VUB_WAIT: it waits for queues to stop (vub_conn_stop_answered()
+ * handles it again then); else as handle_msg_now(). */
 static int handle_msg(struct vub_conn *c)
 {
 	struct vub_export *x = c->exp;
 	struct vhost_vring_state st = {0};
-	struct vub_queue *q;
-	uint64_t u64 = 0;
+	uint64_t u64 = 0, mask;
 	const char *why;
+	bool restart;
+	int h;
 
 	if (vub_msg_check(&c->hdr, c->nfds, &why) < 0) {
 		bd_log(BD_LOG_ERROR, "vhost-user-blk export '%s': %s message: %s", x->id,
@@ -403,23 +427,39 @@ static int handle_msg(struct vub_conn *c)
 		memcpy(&u64, c->payload, 8);
 	if (c->hdr.size >= sizeof(st))
 		memcpy(&st, c->payload, sizeof(st));
+	mask = msg_stop_mask(c, u64, &st, &restart);
+	for (unsigned i = 0; i < x->nq; i++) {
+		if (!(mask & (1ull << i)) || !c->q[i]->started || c->q[i]->stopping)
+			continue;
+		c->msg_ran |= 1ull << i;
+		vub_queue_stop_begin(c->q[i]);
+	}
+	for (unsigned i = 0; i < x->nq; i++)
+		if ((mask & (1ull << i)) && c->q[i]->started)
+			return VUB_WAIT;
 	bd_log(BD_LOG_DEBUG, "vhost-user-blk '%s': %s", x->id, vub_req_name(c->hdr.request));
+	h = handle_msg_now(c, u64, st);
+	for (unsigned i = 0; i < x->nq && restart; i++)
+		if (c->msg_ran & (1ull << i))
+			vub_queue_try_start(c->q[i]);
+	c->msg_ran = 0;
+	return h;
+}
+
+static int handle_msg_now(struct vub_conn *c, uint64_t u64, struct vhost_vring_state st)
+{
+	struct vub_export *x = c->exp;
+	struct vub_queue *q;
 
 	switch (c->hdr.request) {
 	case VHOST_USER_GET_FEATURES:
 		return reply_u64(c, x->offered);
-	case VHOST_USER_SET_FEATURES: {
-		bool was[VUB_MAX_QUEUES];
+	case VHOST_USER_SET_FEATURES:
 		if (u64 & ~x->offered)
 			return -EINVAL;
-		vub_conn_stop_all(c, was);
 		c->features = u64;
 		c->features_set = true;
-		for (unsigned i = 0; i < x->nq; i++)
-			if (was[i])
-				vub_queue_try_start(c->q[i]);
 		return 0;
-	}
 	case VHOST_USER_GET_PROTOCOL_FEATURES:
 		return reply_u64(c, offered_protocol_features());
 	case VHOST_USER_SET_PROTOCOL_FEATURES:
@@ -452,19 +492,14 @@ static int handle_msg(struct vub_conn *c)
 		return 0;
 	case VHOST_USER_SET_VRING_ADDR: {
 		struct vhost_vring_addr a;
-		bool was;
 		memcpy(&a, c->payload, sizeof(a));
 		if (!(q = msg_queue(c, a.index)))
 			return -EINVAL;
-		was = q->running;
-		vub_queue_stop(q);
 		q->desc_ua = a.desc_user_addr;
 		q->avail_ua = a.avail_user_addr;
 		q->used_ua = a.used_user_addr;
 		q->addr_set = true;
 		q->broken = false;
-		if (was)
-			vub_queue_try_start(q);
 		return 0;
 	}
 	case VHOST_USER_SET_VRING_BASE:
@@ -476,7 +511,7 @@ static int handle_msg(struct vub_conn *c)
 	case VHOST_USER_GET_VRING_BASE:
 		if (!(q = msg_queue(c, st.index)))
 			return VUB_FATAL;
-		vub_queue_stop(q); /* updates q->base if the queue ran */
+		vub_queue_stop(q); /* stopped already (msg_stop_mask); q->base is where it stood */
 		st.num = q->base;
 		vub_close_fd(&q->kick_fd);
 		q->broken = false;
@@ -502,7 +537,7 @@ static int handle_msg(struct vub_conn *c)
 			vub_queue_try_start(q);
 		} else if (c->hdr.request == VHOST_USER_SET_VRING_CALL) {
 			int old = q->call_fd;
-			if (q->running) {
+			if (q->started) {
 				/* swap on the loop, then signal the new fd once so that no
 				 * completion is lost between the two */
 				q->new_call_fd = fd;
@@ -618,39 +653,59 @@ static int conn_recv(struct vub_conn *c)
 	}
 }
 
-static void conn_readable(void *arg, int res)
+/* The current message was handled with result h: acknowledge it if asked, forget it.  <0: close
+ * the connection. */
+static int msg_done(struct vub_conn *c, int h)
 {
-	struct vub_conn *c = arg;
+	bool need_ack = (c->pfeatures & (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK)) &&
+			(c->hdr.flags & VHOST_USER_NEED_REPLY_MASK);
+
+	conn_close_fds(c);
+	c->got = 0;
+	if (h == VUB_FATAL)
+		return -EPROTO;
+	if (h != VUB_REPLIED && need_ack) {
+		if (reply_u64(c, h < 0 ? 1 : 0) == VUB_FATAL)
+			return -EPIPE;
+	} else if (h < 0) {
+		bd_log(BD_LOG_WARN, "vhost-user-blk export '%s': %s failed: %s", c->exp->id,
+		       vub_req_name(c->hdr.request), strerror(-h));
+	}
+	return 0;
+}
+
+/* Disconnect: stop every queue without waiting; the connection is freed when they have. */
+static void conn_close(struct vub_conn *c)
+{
+	c->closing = true;
+	vub_poll_cancel(bd_loop_main(), c->poll);
+	c->poll = NULL;
+	for (unsigned i = 0; i < c->exp->nq; i++)
+		vub_queue_stop_begin(c->q[i]);
+	if (!c->pending_stops)
+		vub_conn_free(c);
+}
+
+static void conn_readable(void *arg, int res);
+
+/* Read and handle messages until the socket is drained, then wait for more. */
+static void conn_process(struct vub_conn *c)
+{
 	int r;
 
-	c->poll = NULL;
-	if (res < 0) {
-		vub_conn_free(c);
-		return;
-	}
 	for (;;) {
+		int h;
 		r = conn_recv(c);
 		if (r <= 0)
 			break;
-		uint32_t flags = c->hdr.flags;
-		int h = handle_msg(c);
-		bool need_ack = (c->pfeatures & (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK)) &&
-				(flags & VHOST_USER_NEED_REPLY_MASK);
-		conn_close_fds(c);
-		c->got = 0;
-		if (h == VUB_FATAL) {
-			r = -EPROTO;
+		h = handle_msg(c);
+		if (h == VUB_WAIT) {
+			c->waiting = true; /* no reading until the queues have stopped */
+			return;
+		}
+		r = msg_done(c, h);
+		if (r < 0)
 			break;
-		}
-		if (h != VUB_REPLIED && need_ack) {
-			if (reply_u64(c, h < 0 ? 1 : 0) == VUB_FATAL) {
-				r = -EPIPE;
-				break;
-			}
-		} else if (h < 0) {
-			bd_log(BD_LOG_WARN, "vhost-user-blk export '%s': %s failed: %s", c->exp->id,
-			       vub_req_name(c->hdr.request), strerror(-h));
-		}
 	}
 	if (r < 0) {
 		if (r != -ECONNRESET)
@@ -660,10 +715,60 @@ static void conn_readable(void *arg, int res)
 		else
 			bd_log(BD_LOG_INFO, "vhost-user-blk export '%s': front end disconnected",
 			       c->exp->id);
-		vub_conn_free(c);
+		conn_close(c);
 		return;
 	}
 	c->poll = vub_poll_arm(bd_loop_main(), c->fd, conn_readable, c);
+}
+
+static void conn_readable(void *arg, int res)
+{
+	struct vub_conn *c = arg;
+
+	c->poll = NULL;
+	if (res < 0) {
+		conn_close(c);
+		return;
+	}
+	conn_process(c);
+}
+
+static void conn_destroy(struct vub_conn *c)
+{
+	for (unsigned i = 0; i < c->nq; i++) {
+		free(c->q[i]->reqs);
+		free(c->q[i]);
+	}
+	free(c);
+}
+
+void vub_conn_stop_answered(struct vub_conn *c)
+{
+	int h;
+
+	if (c->pending_stops)
+		return;
+	if (c->zombie) {
+		conn_destroy(c);
+		return;
+	}
+	if (c->closing) {
+		vub_conn_free(c);
+		return;
+	}
+	if (!c->waiting)
+		return;
+	c->waiting = false;
+	h = handle_msg(c);
+	if (h == VUB_WAIT) {
+		c->waiting = true;
+		return;
+	}
+	if (msg_done(c, h) < 0) {
+		conn_close(c);
+		return;
+	}
+	conn_process(c);
 }
 
 /* Release everything of a connection and accept the next one. */
@@ -673,19 +778,21 @@ void vub_conn_free(struct vub_conn *c)
 
 	vub_poll_cancel(bd_loop_main(), c->poll);
 	c->poll = NULL;
-	for (unsigned i = 0; i < x->nq; i++) {
-		struct vub_queue *q = c->q[i];
-		vub_queue_reset(q);
-		free(q->reqs);
-		free(q);
-	}
+	for (unsigned i = 0; i < x->nq; i++)
+		vub_queue_reset(c->q[i]); /* waits for queues still stopping (teardown) */
 	conn_close_fds(c);
 	mem_clear(&c->mem);
 	inflight_unmap(c);
 	vub_close_fd(&c->backend_fd);
 	vub_close_fd(&c->fd);
 	x->conn = NULL;
-	free(c);
+	if (c->pending_stops) {
+		/* their answers are still on the way to this thread */
+		c->zombie = true;
+		c->exp = NULL;
+	} else {
+		conn_destroy(c);
+	}
 	if (x->listen_fd >= 0)
 		vub_export_listen_arm(x);
 }
@@ -697,6 +804,7 @@ static struct vub_conn *conn_new(struct vub_export *x, int fd)
 	if (!c)
 		return NULL;
 	c->exp = x;
+	c->nq = x->nq;
 	c->fd = fd;
 	c->backend_fd = -1;
 	atomic_init(&c->wce, !x->writethrough);
@@ -713,9 +821,11 @@ static struct vub_conn *conn_new(struct vub_export *x, int fd)
 		q->c = c;
 		q->idx = i;
 		q->loop = x->loops[i];
+		q->helper = x->nspare ? x->spare[i % x->nspare] : NULL;
 		q->kick_fd = q->call_fd = q->err_fd = -1;
 		q->enabled = true;
 		q->notify_defer.fn = vub_q_notify_defer;
+		q->stop_defer.fn = vub_q_stop_done;
 		c->q[i] = q;
 	}
 	return c;

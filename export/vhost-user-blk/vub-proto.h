@@ -282,4 +282,34 @@ struct vub_inflight_queue {
 	struct vub_inflight_desc desc[];
 };
 
+/* Packed rings ("DescStatePacked" / "QueueRegionPacked"): one entry per descriptor taken from the
+ * ring, a chain's entries linked by next (head: inflight, num, last, counter), free entries in a
+ * list from free_head; the old_* fields are the last consistent state. */
+struct vub_inflight_pdesc {
+	uint8_t inflight;
+	uint8_t padding;
+	uint16_t next;
+	uint16_t last;
+	uint16_t num;
+	uint64_t counter;
+	uint16_t id;
+	uint16_t flags;
+	uint32_t len;
+	uint64_t addr;
+};
+
+struct vub_inflight_pqueue {
+	uint64_t features;
+	uint16_t version;
+	uint16_t desc_num;
+	uint16_t free_head;
+	uint16_t old_free_head;
+	uint16_t used_idx;
+	uint16_t old_used_idx;
+	uint8_t used_wrap_counter;
+	uint8_t old_used_wrap_counter;
+	uint8_t padding[7];
+	struct vub_inflight_pdesc desc[];
+};
+
 #endif /* BLOCKD_VUB_PROTO_H */

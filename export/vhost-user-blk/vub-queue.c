@@ -25,8 +25,9 @@
  * The data path [loop]
  */
 static void q_process(struct vub_queue *q);
+static void q_stop_check(struct vub_queue *q);
 
-static void q_set_broken(struct vub_queue *q, const char *why)
+void vub_q_set_broken(struct vub_queue *q, const char *why)
 {
 	if (!q->broken)
 		bd_log(BD_LOG_ERROR, "vhost-user-blk export '%s': queue %u: %s; queue stopped",
@@ -103,14 +104,21 @@ static void q_push(struct vub_queue *q, struct vub_req *r, uint32_t len)
 		struct vring_packed_desc *d = &q->pdesc[q->used_idx];
 		uint16_t fl =
 		    q->used_wrap ? (VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED) : 0;
+		uint32_t next = (uint32_t)q->used_idx + r->ndesc;
+		bool wrap = q->used_wrap;
+		if (next >= q->num) {
+			next -= q->num;
+			wrap = !wrap;
+		}
+		if (q->ifp)
+			vub_ifp_push_begin(q, r, (uint16_t)next, wrap);
 		__atomic_store_n(&d->id, r->id, __ATOMIC_RELAXED);
 		__atomic_store_n(&d->len, len, __ATOMIC_RELAXED);
 		__atomic_store_n(&d->flags, fl, __ATOMIC_RELEASE);
-		q->used_idx = (uint16_t)(q->used_idx + r->ndesc);
-		if (q->used_idx >= q->num) {
-			q->used_idx = (uint16_t)(q->used_idx - q->num);
-			q->used_wrap = !q->used_wrap;
-		}
+		if (q->ifp)
+			vub_ifp_push_end(q, r);
+		q->used_idx = (uint16_t)next;
+		q->used_wrap = wrap;
 	}
 	r->next_free = q->free;
 	q->free = r;
@@ -121,6 +129,7 @@ static void q_push(struct vub_queue *q, struct vub_req *r, uint32_t len)
 		q->want_process = false;
 		q_process(q);
 	}
+	q_stop_check(q);
 }
 
 static void blk_finish(struct vub_req *r, int ret)
@@ -135,16 +144,27 @@ static void blk_finish(struct vub_req *r, int ret)
 	q_push(r->q, r, (ret == 0 ? r->in_len : 0) + 1);
 }
 
+/* A request may be several node requests (the segments of a discard / write-zeroes): the
+ * first error wins, the status is written when the last one is done. */
+static void blk_part_done(struct vub_req *r, int ret)
+{
+	if (ret < 0 && r->part_err == 0)
+		r->part_err = ret;
+	if (--r->parts == 0)
+		blk_finish(r, r->part_err);
+}
+
 static void blk_done(struct bd_req *br, int ret)
 {
 	struct vub_req *r = br->opaque;
 
 	bd_req_put(br);
-	blk_finish(r, ret);
+	blk_part_done(r, ret);
 }
 
-static void blk_submit(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t len, uint32_t flags,
-		       struct iovec *iov, int iovcnt)
+/* Submit one node request as a part of r (r->parts counts it already). */
+static void blk_submit_part(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t len,
+			    uint32_t flags, struct iovec *iov, int iovcnt)
 {
 	struct vub_queue *q = r->q;
 	struct bd_req *br = bd_req_get(q->ch);
@@ -161,8 +181,118 @@ static void blk_submit(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t 
 	e = bd_submit(q->ch, br);
 	if (e < 0) {
 		bd_req_put(br);
-		blk_finish(r, e);
+		blk_part_done(r, e);
 	}
+}
+
+static void blk_submit(struct vub_req *r, enum bd_op op, uint64_t off, uint64_t len, uint32_t flags,
+		       struct iovec *iov, int iovcnt)
+{
+	r->parts = 1;
+	r->part_err = 0;
+	blk_submit_part(r, op, off, len, flags, iov, iovcnt);
+}
+
+/* ---- large reads split over two loops ---- */
+struct vub_part {
+	struct vub_req *r;
+	struct bd_loop *loop; /* the helper */
+	uint64_t off, len;
+	int ret;
+	int iovcnt;
+	struct iovec iov[VUB_MAX_IOV];
+};
+
+/* [queue's loop] The helper's half is done. */
+static void part_back(void *arg)
+{
+	struct vub_part *p = arg;
+	struct vub_req *r = p->r;
+	int ret = p->ret;
+
+	free(p);
+	blk_part_done(r, ret);
+}
+
+/* [helper loop] */
+static void part_send_back(struct vub_part *p)
+{
+	while (bd_loop_send(p->r->q->loop, part_back, p) < 0) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL); /* -ENOMEM: the request must complete */
+	}
+}
+
+static void part_done(struct bd_req *br, int ret)
+{
+	struct vub_part *p = br->opaque;
+
+	bd_req_put(br);
+	p->ret = ret;
+	part_send_back(p);
+}
+
+static void part_submit(void *arg)
+{
+	struct vub_part *p = arg;
+	struct bd_chan *ch = bd_node_chan(p->r->q->c->exp->node, p->loop);
+	struct bd_req *br = bd_req_get(ch);
+	int e;
+
+	br->op = BD_OP_READ;
+	br->offset = p->off;
+	br->len = p->len;
+	br->flags = 0;
+	br->iov = p->iov;
+	br->iovcnt = p->iovcnt;
+	br->cb = part_done;
+	br->opaque = p;
+	e = bd_submit(ch, br);
+	if (e < 0) {
+		bd_req_put(br);
+		p->ret = e;
+		part_send_back(p);
+	}
+}
+
+/* A large read on a queue with a helper loop: the first half here, the second on the helper.
+ * false: not split (the caller reads it whole). */
+static bool blk_split_read(struct vub_req *r, uint64_t off)
+{
+	struct vub_blk_req *b = &r->blk;
+	uint64_t half = (b->data_len / 2) & ~(uint64_t)(VUB_SPLIT_ALIGN - 1), acc = 0;
+	struct vub_part *p;
+	size_t in;
+	int i = 0;
+
+	if (!r->q->helper || b->data_len < VUB_SPLIT_MIN || half == 0)
+		return false;
+	p = malloc(sizeof(*p));
+	if (!p)
+		return false;
+	while (acc + b->data[i].iov_len <= half)
+		acc += b->data[i++].iov_len; /* stops inside the data: half < data_len */
+	in = (size_t)(half - acc);
+	p->r = r;
+	p->loop = r->q->helper;
+	p->off = off + half;
+	p->len = b->data_len - half;
+	p->ret = 0;
+	p->iovcnt = 0;
+	p->iov[p->iovcnt++] =
+	    (struct iovec){(uint8_t *)b->data[i].iov_base + in, b->data[i].iov_len - in};
+	for (int k = i + 1; k < b->ndata; k++)
+		p->iov[p->iovcnt++] = b->data[k];
+	r->parts = 2;
+	r->part_err = 0;
+	if (bd_loop_send(p->loop, part_submit, p) < 0) {
+		free(p);
+		return false;
+	}
+	/* the first half: the pieces before the split point */
+	b->data[i].iov_len = in;
+	blk_submit_part(r, BD_OP_READ, off, half, 0, b->data, in ? i + 1 : i);
+	return true;
 }
 
 /* Check a byte range against the disk and the logical block size. */
@@ -178,52 +308,64 @@ static bool range_ok(struct vub_export *x, uint64_t sector, uint64_t len)
 	return off <= size && len <= size - off;
 }
 
-/* DISCARD, WRITE_ZEROES, SECURE_ERASE: one segment. */
+/* DISCARD, WRITE_ZEROES, SECURE_ERASE: 1..VUB_MAX_DWZ_SEG segments, all checked before any is
+ * submitted; they run in parallel. */
 static void blk_range_op(struct vub_req *r)
 {
 	struct vub_export *x = r->q->c->exp;
 	struct vub_conn *c = r->q->c;
-	struct virtio_blk_discard_wz seg;
+	struct virtio_blk_discard_wz seg[VUB_MAX_DWZ_SEG];
 	uint32_t t = r->blk.type, flags = 0;
 	unsigned feat = t == VIRTIO_BLK_T_DISCARD	 ? VIRTIO_BLK_F_DISCARD
 			: t == VIRTIO_BLK_T_WRITE_ZEROES ? VIRTIO_BLK_F_WRITE_ZEROES
 							 : VIRTIO_BLK_F_SECURE_ERASE;
 	enum bd_op op = t == VIRTIO_BLK_T_DISCARD ? BD_OP_DISCARD : BD_OP_WRITE_ZEROES;
+	unsigned n;
 
 	if (!has_feature(c, feat)) {
 		blk_finish(r, -ENOTSUP);
 		return;
 	}
-	if (!x->writable || r->blk.data_len != sizeof(seg)) {
-		/* several segments: we announce max_*_seg = 1 */
-		blk_finish(r, x->writable ? -ENOTSUP : -EROFS);
+	if (!x->writable) {
+		blk_finish(r, -EROFS);
 		return;
 	}
-	bd_iov_to_buf(r->blk.data, r->blk.ndata, 0, &seg, sizeof(seg));
-	if (t == VIRTIO_BLK_T_WRITE_ZEROES) {
-		if (seg.flags & ~VIRTIO_BLK_WZ_F_UNMAP) {
+	if (r->blk.data_len == 0 || r->blk.data_len % sizeof(seg[0]) ||
+	    r->blk.data_len > sizeof(seg)) {
+		/* no segment, a partial one, or more than max_*_seg */
+		blk_finish(r, r->blk.data_len > sizeof(seg) ? -ENOTSUP : -EIO);
+		return;
+	}
+	n = (unsigned)(r->blk.data_len / sizeof(seg[0]));
+	bd_iov_to_buf(r->blk.data, r->blk.ndata, 0, seg, n * sizeof(seg[0]));
+	for (unsigned i = 0; i < n; i++) {
+		uint32_t allowed = t == VIRTIO_BLK_T_WRITE_ZEROES ? VIRTIO_BLK_WZ_F_UNMAP : 0;
+		if (seg[i].flags & ~allowed) {
 			blk_finish(r, -ENOTSUP);
 			return;
 		}
-		if (seg.flags & VIRTIO_BLK_WZ_F_UNMAP)
-			flags |= BD_REQ_MAY_UNMAP;
-	} else if (seg.flags) {
-		blk_finish(r, -ENOTSUP);
-		return;
-	}
-	if (seg.num_sectors > VUB_MAX_DISCARD_SECTORS ||
-	    !range_ok(x, seg.sector, (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_SIZE)) {
-		blk_finish(r, -EIO);
-		return;
-	}
-	if (seg.num_sectors == 0) {
-		blk_finish(r, 0);
-		return;
+		if (seg[i].num_sectors > VUB_MAX_DISCARD_SECTORS ||
+		    !range_ok(x, seg[i].sector,
+			      (uint64_t)seg[i].num_sectors * VIRTIO_BLK_SECTOR_SIZE)) {
+			blk_finish(r, -EIO);
+			return;
+		}
 	}
 	if (!atomic_load_explicit(&c->wce, memory_order_relaxed) && op == BD_OP_WRITE_ZEROES)
 		flags |= BD_REQ_FUA;
-	blk_submit(r, op, seg.sector * VIRTIO_BLK_SECTOR_SIZE,
-		   (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_SIZE, flags, NULL, 0);
+	r->parts = 1; /* held until every segment is submitted */
+	r->part_err = 0;
+	for (unsigned i = 0; i < n; i++) {
+		uint32_t f = flags;
+		if (seg[i].num_sectors == 0)
+			continue;
+		if (seg[i].flags & VIRTIO_BLK_WZ_F_UNMAP)
+			f |= BD_REQ_MAY_UNMAP;
+		r->parts++;
+		blk_submit_part(r, op, seg[i].sector * VIRTIO_BLK_SECTOR_SIZE,
+				(uint64_t)seg[i].num_sectors * VIRTIO_BLK_SECTOR_SIZE, f, NULL, 0);
+	}
+	blk_part_done(r, 0);
 }
 
 static void blk_start(struct vub_req *r, struct vub_chain *ch)
@@ -234,10 +376,11 @@ static void blk_start(struct vub_req *r, struct vub_chain *ch)
 
 	if (vub_blk_parse(ch, b) < 0) {
 		/* no header or no status byte: nothing to answer with */
-		q_set_broken(q, "request without header or status byte");
+		vub_q_set_broken(q, "request without header or status byte");
 		r->next_free = q->free;
 		q->free = r;
 		q->inflight--;
+		q_stop_check(q);
 		return;
 	}
 	r->in_len = 0;
@@ -259,6 +402,8 @@ static void blk_start(struct vub_req *r, struct vub_chain *ch)
 		}
 		if (!out)
 			r->in_len = (uint32_t)b->data_len;
+		if (!out && blk_split_read(r, b->sector * VIRTIO_BLK_SECTOR_SIZE))
+			return;
 		blk_submit(
 		    r, out ? BD_OP_WRITE : BD_OP_READ, b->sector * VIRTIO_BLK_SECTOR_SIZE,
 		    b->data_len,
@@ -294,7 +439,7 @@ static void blk_start(struct vub_req *r, struct vub_chain *ch)
 }
 
 /* Take a request slot and start the chain at head (split) / slot (packed). */
-static void q_start_chain(struct vub_queue *q, struct vub_req *r, struct vub_chain *ch)
+void vub_q_start_chain(struct vub_queue *q, struct vub_req *r, struct vub_chain *ch)
 {
 	q->inflight++;
 	q->nr_requests++;
@@ -306,7 +451,7 @@ static void q_start_chain(struct vub_queue *q, struct vub_req *r, struct vub_cha
 	blk_start(r, ch);
 }
 
-static bool q_pop_split(struct vub_queue *q, uint16_t head)
+bool vub_q_pop_split(struct vub_queue *q, uint16_t head)
 {
 	struct vub_req *r = q->free;
 	struct vub_chain ch = {.iov = r->iov, .max = VUB_MAX_IOV};
@@ -314,15 +459,15 @@ static bool q_pop_split(struct vub_queue *q, uint16_t head)
 
 	e = vub_split_walk(&q->c->mem, q->desc, q->num, head, q->indirect, &ch);
 	if (e < 0) {
-		q_set_broken(q, e == -E2BIG    ? "descriptor chain too long"
-				: e == -EFAULT ? "descriptor outside guest memory"
-					       : "malformed descriptor chain");
+		vub_q_set_broken(q, e == -E2BIG	   ? "descriptor chain too long"
+				    : e == -EFAULT ? "descriptor outside guest memory"
+						   : "malformed descriptor chain");
 		return false;
 	}
 	q->free = r->next_free;
 	r->id = head;
 	r->ndesc = 1;
-	q_start_chain(q, r, &ch);
+	vub_q_start_chain(q, r, &ch);
 	return true;
 }
 
@@ -334,13 +479,13 @@ static void q_process_split(struct vub_queue *q)
 			if (aidx == q->last_avail)
 				break;
 			if ((uint16_t)(aidx - q->last_avail) > q->num) {
-				q_set_broken(q, "available index out of range");
+				vub_q_set_broken(q, "available index out of range");
 				return;
 			}
 			head = __atomic_load_n(&q->avail->ring[q->last_avail % q->num],
 					       __ATOMIC_RELAXED);
 			q->last_avail++;
-			if (!q_pop_split(q, head))
+			if (!vub_q_pop_split(q, head))
 				return;
 		}
 		if (!q->running || q->broken)
@@ -388,18 +533,22 @@ static void q_process_packed(struct vub_queue *q)
 		ch = (struct vub_chain){.iov = r->iov, .max = VUB_MAX_IOV};
 		e = vub_packed_walk(&q->c->mem, q->pdesc, q->num, q->last_avail, q->indirect, &ch);
 		if (e < 0) {
-			q_set_broken(q, "malformed packed descriptor chain");
+			vub_q_set_broken(q, "malformed packed descriptor chain");
+			return;
+		}
+		r->id = ch.id;
+		r->ndesc = (uint16_t)ch.ndesc;
+		if (q->ifp && !vub_ifp_take(q, r, q->last_avail)) {
+			vub_q_set_broken(q, "in-flight region inconsistent");
 			return;
 		}
 		q->free = r->next_free;
-		r->id = ch.id;
-		r->ndesc = (uint16_t)ch.ndesc;
 		q->last_avail = (uint16_t)(q->last_avail + ch.ndesc);
 		if (q->last_avail >= q->num) {
 			q->last_avail = (uint16_t)(q->last_avail - q->num);
 			q->avail_wrap = !q->avail_wrap;
 		}
-		q_start_chain(q, r, &ch);
+		vub_q_start_chain(q, r, &ch);
 	}
 }
 
@@ -429,7 +578,7 @@ static void q_kick(void *arg, int res)
 	if (!q->running)
 		return;
 	if (res < 0) {
-		q_set_broken(q, "kick eventfd poll failed");
+		vub_q_set_broken(q, "kick eventfd poll failed");
 		return;
 	}
 	q->nr_kicks++;
@@ -437,65 +586,6 @@ static void q_kick(void *arg, int res)
 		bd_log(BD_LOG_WARN, "vhost-user-blk: kick read: %s", strerror(errno));
 	q_arm_kick(q);
 	q_process(q);
-}
-
-static int cmp_counter(const void *a, const void *b, void *arg)
-{
-	const struct vub_inflight_queue *f = arg;
-	uint64_t ca = f->desc[*(const uint16_t *)a].counter,
-		 cb = f->desc[*(const uint16_t *)b].counter;
-	return ca < cb ? -1 : ca > cb;
-}
-
-/* Split rings with in-flight tracking: pick up what a previous back end left in flight. */
-static void q_inflight_restore(struct vub_queue *q)
-{
-	struct vub_inflight_queue *f = q->ifq;
-	uint16_t used = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
-	uint16_t *heads, n = 0;
-
-	if (f->version == 0 || f->desc_num != q->num) {
-		memset(f->desc, 0, sizeof(f->desc[0]) * q->num);
-		f->desc_num = (uint16_t)q->num;
-		f->used_idx = used;
-		f->last_batch_head = 0;
-		f->version = 1;
-		return;
-	}
-	if (f->used_idx != used) {
-		/* We died between publishing a used entry and clearing its in-flight mark. */
-		if (f->last_batch_head < q->num)
-			f->desc[f->last_batch_head].inflight = 0;
-		f->used_idx = used;
-	}
-	heads = malloc(sizeof(*heads) * q->num);
-	if (!heads)
-		abort();
-	q->if_counter = 0;
-	for (uint32_t i = 0; i < q->num; i++) {
-		if (f->desc[i].inflight == 1) {
-			heads[n++] = (uint16_t)i;
-			if (f->desc[i].counter > q->if_counter)
-				q->if_counter = f->desc[i].counter;
-		} else {
-			f->desc[i].inflight = 0;
-		}
-	}
-	q->used_idx = used;
-	q->last_avail = (uint16_t)(used + n);
-	if (n) {
-		qsort_r(heads, n, sizeof(*heads), cmp_counter, f);
-		bd_log(BD_LOG_INFO,
-		       "vhost-user-blk export '%s': queue %u: resubmitting %u "
-		       "in-flight request(s)",
-		       q->c->exp->id, q->idx, n);
-		for (uint16_t i = 0; i < n && !q->broken; i++) {
-			if (!q->free)
-				break; /* cannot happen: n <= num slots */
-			q_pop_split(q, heads[i]);
-		}
-	}
-	free(heads);
 }
 
 /* [loop] Start serving the queue; its configuration was set by the control thread. */
@@ -513,7 +603,9 @@ static void q_start_fn(void *arg)
 	q->signalled_valid = false;
 	q->need_notify = false;
 	if (q->ifq)
-		q_inflight_restore(q);
+		vub_ifs_restore(q);
+	else if (q->ifp)
+		vub_ifp_restore(q);
 	q_arm_kick(q);
 	q_process(q);
 	/* Whatever the driver queued before we started: look at it, and signal once. */
@@ -521,6 +613,41 @@ static void q_start_fn(void *arg)
 	bd_loop_defer(q->loop, &q->notify_defer);
 }
 
+/* [loop] The queue has stopped and nothing is in flight: flush the notification (a notify_defer
+ * queued before this defer has run: defers run in order), note where the ring resumes, and tell
+ * the control thread.  After the release store the loop no longer touches q. */
+void vub_q_stop_done(struct bd_defer *d)
+{
+	struct vub_queue *q = container_of(d, struct vub_queue, stop_defer);
+
+	q_notify_now(q);
+	/* Everything taken from the ring has completed: a restart (or GET_VRING_BASE) resumes from
+	 * here, in SET_VRING_BASE's encoding. */
+	if (q->packed)
+		q->base = (uint32_t)(q->last_avail & 0x7fff) | ((uint32_t)q->avail_wrap << 15);
+	else
+		q->base = q->last_avail;
+	/* Claim the answer before the release store: a control thread stopping the queue
+	 * synchronously (teardown) claims it too, and whoever gets it first decides whether the
+	 * message is sent (after the store the loop may no longer read q). */
+	bool send = !atomic_exchange_explicit(&q->answer_claimed, true, memory_order_acq_rel);
+	atomic_store_explicit(&q->stop_acked, true, memory_order_release);
+	while (send && bd_loop_send(bd_loop_main(), vub_q_stopped, q) < 0) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL); /* -ENOMEM: the control thread must hear of it */
+	}
+}
+
+/* [loop] A stop was asked for: finish it once the last request in flight has completed. */
+static void q_stop_check(struct vub_queue *q)
+{
+	if (q->stop_pending && q->inflight == 0) {
+		q->stop_pending = false;
+		bd_loop_defer(q->loop, &q->stop_defer);
+	}
+}
+
+/* [loop] Stop taking requests; the stop completes when those in flight have. */
 static void q_stop_fn(void *arg)
 {
 	struct vub_queue *q = arg;
@@ -528,20 +655,8 @@ static void q_stop_fn(void *arg)
 	q->running = false;
 	vub_poll_cancel(q->loop, q->kick_poll);
 	q->kick_poll = NULL;
-}
-
-static void q_check_fn(void *arg)
-{
-	struct vub_queue *q = arg;
-
-	q->busy = q->inflight > 0;
-	if (!q->busy)
-		q_notify_now(q);
-}
-
-static void q_noop_fn(void *arg)
-{
-	(void)arg;
+	q->stop_pending = true;
+	q_stop_check(q);
 }
 
 void vub_q_swap_call_fn(void *arg)
@@ -555,48 +670,59 @@ void vub_q_swap_call_fn(void *arg)
 
 /* ---------------------------------------------------------------------------------------------
  * Queue control [control]
+ *
+ * A queue is "started" from vub_queue_try_start() until its stop has completed.  Stops are
+ * asynchronous: vub_queue_stop_begin() asks the loop, which answers with vub_q_stopped() on the
+ * control thread once the requests in flight have completed (c->pending_stops counts the answers
+ * still to come).  Only teardown waits for them (vub_queue_stop).
  */
-/* Wait until a stopped queue has no request in flight and no notification pending. */
-static void queue_wait_idle(struct vub_queue *q)
+void vub_queue_stop_begin(struct vub_queue *q)
 {
-	for (;;) {
-		struct timespec ts = {0, 200000};
-		bd_loop_call(q->loop, q_check_fn, q);
-		if (!q->busy)
-			break;
-		nanosleep(&ts, NULL);
+	if (!q->started || q->stopping)
+		return;
+	q->stopping = true;
+	atomic_store_explicit(&q->stop_acked, false, memory_order_relaxed);
+	atomic_store_explicit(&q->answer_claimed, false, memory_order_relaxed);
+	q->c->pending_stops++;
+	if (bd_loop_send(q->loop, q_stop_fn, q) < 0)
+		bd_loop_call(q->loop, q_stop_fn, q);
+}
+
+void vub_q_stopped(void *arg)
+{
+	struct vub_queue *q = arg;
+	struct vub_conn *c = q->c;
+
+	if (q->stopping) {
+		q->stopping = false;
+		q->started = false;
 	}
-	/* A notify deferred earlier in that iteration has run once this returns. */
-	bd_loop_call(q->loop, q_noop_fn, q);
-	/* Everything taken from the ring has completed: a restart (or GET_VRING_BASE) resumes
-	 * from here, in SET_VRING_BASE's encoding. */
-	if (q->packed)
-		q->base = (uint32_t)(q->last_avail & 0x7fff) | ((uint32_t)q->avail_wrap << 15);
-	else
-		q->base = q->last_avail;
+	c->pending_stops--;
+	vub_conn_stop_answered(c);
 }
 
 void vub_queue_stop(struct vub_queue *q)
 {
-	if (!q->running)
-		return;
-	bd_loop_call(q->loop, q_stop_fn, q);
-	queue_wait_idle(q);
-}
-
-/* Stop every running queue (all at once, then wait for each); was[] says which ran. */
-void vub_conn_stop_all(struct vub_conn *c, bool *was)
-{
-	unsigned nq = c->exp->nq;
-
-	for (unsigned i = 0; i < nq; i++) {
-		was[i] = c->q[i]->running;
-		if (was[i])
-			bd_loop_call(c->q[i]->loop, q_stop_fn, c->q[i]);
+	if (q->started && !q->stopping) {
+		/* no answer message: we wait for the acknowledgement ourselves */
+		q->stopping = true;
+		atomic_store_explicit(&q->stop_acked, false, memory_order_relaxed);
+		atomic_store_explicit(&q->answer_claimed, true, memory_order_relaxed);
+		bd_loop_call(q->loop, q_stop_fn, q);
+	} else if (q->stopping &&
+		   !atomic_exchange_explicit(&q->answer_claimed, true, memory_order_acq_rel)) {
+		q->c->pending_stops--; /* an asynchronous stop whose answer will now not come */
 	}
-	for (unsigned i = 0; i < nq; i++)
-		if (was[i])
-			queue_wait_idle(c->q[i]);
+	if (!q->stopping)
+		return;
+	while (!atomic_load_explicit(&q->stop_acked, memory_order_acquire)) {
+		struct timespec ts = {0, 200000};
+		nanosleep(&ts, NULL);
+	}
+	/* if the loop had claimed the answer, vub_q_stopped() still comes, and finds the queue
+	 * stopped already (the connection waits for it as a zombie) */
+	q->stopping = false;
+	q->started = false;
 }
 
 static int queue_ring_setup(struct vub_queue *q)
@@ -642,13 +768,22 @@ static int queue_ring_setup(struct vub_queue *q)
 				 __ATOMIC_RELAXED);
 	}
 	q->ifq = NULL;
-	if (c->if_map && !q->packed && q->idx < c->if_nq && n == c->if_qsize) {
-		size_t qsz =
-		    (sizeof(struct vub_inflight_queue) +
-		     sizeof(struct vub_inflight_desc) * c->if_qsize + VUB_INFLIGHT_ALIGN - 1) &
-		    ~(size_t)(VUB_INFLIGHT_ALIGN - 1);
-		if ((size_t)(q->idx + 1) * qsz <= c->if_size)
-			q->ifq = (void *)((uint8_t *)c->if_map + q->idx * qsz);
+	q->ifp = NULL;
+	if (c->if_map && q->idx < c->if_nq && n == c->if_qsize) {
+		size_t qsz = vub_inflight_queue_size(q->packed, c->if_qsize);
+		if ((size_t)(q->idx + 1) * qsz <= c->if_size) {
+			void *area = (uint8_t *)c->if_map + q->idx * qsz;
+			if (q->packed)
+				q->ifp = area;
+			else
+				q->ifq = area;
+		} else {
+			bd_log(BD_LOG_WARN,
+			       "vhost-user-blk export '%s': queue %u: the in-flight region is too "
+			       "small for %s rings (asked for before the features were set?); "
+			       "requests in flight will not survive a restart",
+			       c->exp->id, q->idx, q->packed ? "packed" : "split");
+		}
 	}
 	if (q->nreqs != n) {
 		free(q->reqs);
@@ -675,7 +810,7 @@ void vub_queue_try_start(struct vub_queue *q)
 	struct vub_conn *c = q->c;
 	int e;
 
-	if (q->running || q->broken || !q->enabled || q->kick_fd < 0 || !q->addr_set || !q->num ||
+	if (q->started || q->broken || !q->enabled || q->kick_fd < 0 || !q->addr_set || !q->num ||
 	    !c->mem.n)
 		return;
 	e = queue_ring_setup(q);
@@ -687,6 +822,7 @@ void vub_queue_try_start(struct vub_queue *q)
 		q->broken = true;
 		return;
 	}
+	q->started = true;
 	bd_loop_call(q->loop, q_start_fn, q);
 }
 

@@ -10,6 +10,7 @@
 #include "export/vhost-user-blk/vub-ring.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 _Static_assert(sizeof(struct virtio_blk_config) == 72, "virtio_blk_config layout");
@@ -17,6 +18,8 @@ _Static_assert(sizeof(struct vhost_vring_addr) == 40, "vring addr layout");
 _Static_assert(sizeof(struct vhost_user_inflight) == 24, "inflight layout");
 _Static_assert(sizeof(struct vub_inflight_desc) == 16, "inflight desc layout");
 _Static_assert(sizeof(struct vub_inflight_queue) == 16, "inflight queue layout");
+_Static_assert(sizeof(struct vub_inflight_pdesc) == 32, "packed inflight desc layout");
+_Static_assert(sizeof(struct vub_inflight_pqueue) == 32, "packed inflight queue layout");
 
 /* Walks never take more descriptors than this, whatever the ring size says. */
 #define VUB_MAX_CHAIN 4096u
@@ -296,6 +299,120 @@ int vub_blk_parse(struct vub_chain *c, struct vub_blk_req *r)
 	for (int i = 0; i < r->ndata; i++)
 		r->data_len += r->data[i].iov_len;
 	return 0;
+}
+
+/* ---- packed in-flight region ---------------------------------------------------------------- */
+static int cmp_counter(const void *a, const void *b, void *arg)
+{
+	const struct vub_inflight_pqueue *f = arg;
+	uint64_t ca = f->desc[*(const uint16_t *)a].counter,
+		 cb = f->desc[*(const uint16_t *)b].counter;
+	return ca < cb ? -1 : ca > cb;
+}
+
+/* Finish or roll back an update the previous back end was in the middle of. */
+static void ifp_recover(struct vub_inflight_pqueue *f, uint32_t num,
+			const struct vring_packed_desc *ring)
+{
+	if ((f->used_idx != f->old_used_idx || f->used_wrap_counter != f->old_used_wrap_counter) &&
+	    f->old_used_idx < num) {
+		/* A completion was under way.  If the descriptor at the old used index no longer
+		 * looks as the driver made it available, its used element was written: commit. */
+		uint16_t fl = __atomic_load_n(&ring[f->old_used_idx].flags, __ATOMIC_ACQUIRE);
+		bool w = f->old_used_wrap_counter != 0;
+		bool avail = fl & VRING_PACKED_DESC_F_AVAIL, used = fl & VRING_PACKED_DESC_F_USED;
+		if (!(avail == w && used != w)) {
+			f->old_free_head = f->free_head;
+			f->old_used_idx = f->used_idx;
+			f->old_used_wrap_counter = f->used_wrap_counter;
+		}
+	}
+	f->free_head = f->old_free_head;
+	f->used_idx = f->old_used_idx;
+	f->used_wrap_counter = f->old_used_wrap_counter;
+	/* The entry at the free head may carry a stale mark: a chain half taken, or a completion
+	 * committed above before its mark was cleared. */
+	if (f->free_head < num)
+		f->desc[f->free_head].inflight = 0;
+}
+
+int vub_ifp_scan(struct vub_inflight_pqueue *f, uint32_t num, const struct vring_packed_desc *ring,
+		 uint16_t *heads, uint8_t *owned, uint32_t *taken, uint64_t *max_counter,
+		 const char **why)
+{
+	uint16_t prev = VUB_IFP_END;
+	int n = 0;
+
+	*why = NULL;
+	*taken = 0;
+	*max_counter = 0;
+	if (num == 0 || num > 32768) {
+		*why = "in-flight region: bad ring size";
+		return -EINVAL;
+	}
+	ifp_recover(f, num, ring);
+	if (f->used_idx >= num) {
+		*why = "in-flight region: used index out of range";
+		return -EINVAL;
+	}
+	memset(owned, 0, num);
+	/* Every entry still marked is the head of a chain in flight: check its links. */
+	for (uint32_t i = 0; i < num; i++) {
+		struct vub_inflight_pdesc *h = &f->desc[i];
+		uint16_t e = (uint16_t)i;
+		if (h->inflight != 1)
+			continue;
+		if (h->num == 0 || h->num > num - *taken) {
+			*why = "in-flight region: bad chain length";
+			return -EINVAL;
+		}
+		for (uint16_t k = 0; k < h->num; k++) {
+			if (e >= num || owned[e]) {
+				*why = "in-flight region: bad chain links";
+				return -EINVAL;
+			}
+			owned[e] = 1;
+			if (k + 1 == h->num && h->last != e) {
+				*why = "in-flight region: bad chain end";
+				return -EINVAL;
+			}
+			e = f->desc[e].next;
+		}
+		*taken += h->num;
+		heads[n++] = (uint16_t)i;
+		if (h->counter > *max_counter)
+			*max_counter = h->counter;
+	}
+	/* Rebuild the free list from the entries no chain owns. */
+	for (uint32_t i = num; i-- > 0;) {
+		if (owned[i])
+			continue;
+		f->desc[i].inflight = 0;
+		f->desc[i].next = prev;
+		prev = (uint16_t)i;
+	}
+	f->free_head = f->old_free_head = prev;
+	qsort_r(heads, (size_t)n, sizeof(*heads), cmp_counter, f);
+	return n;
+}
+
+uint16_t vub_ifp_chain(const struct vub_inflight_pqueue *f, uint32_t num, uint16_t head,
+		       struct vring_packed_desc *tmp)
+{
+	uint16_t n, e = head;
+
+	if (head >= num || (n = f->desc[head].num) == 0 || n > num)
+		return 0;
+	for (uint16_t k = 0; k < n; k++) {
+		if (e >= num)
+			return 0;
+		tmp[k].addr = f->desc[e].addr;
+		tmp[k].len = f->desc[e].len;
+		tmp[k].id = f->desc[e].id;
+		tmp[k].flags = f->desc[e].flags;
+		e = f->desc[e].next;
+	}
+	return n;
 }
 
 int vub_msg_check(const struct vhost_user_hdr *h, unsigned nfds, const char **why)

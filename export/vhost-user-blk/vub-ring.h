@@ -85,6 +85,27 @@ struct vub_blk_req {
  * status byte): the request then cannot be answered with a status. */
 int vub_blk_parse(struct vub_chain *c, struct vub_blk_req *r);
 
+/* ---- packed in-flight region (vhost-user.rst "Inflight I/O tracking"; written by vub-inflight.c,
+ * but shared with the front end, so read back as outside input) ---- */
+#define VUB_IFP_END                                                                                \
+	0xffffu /* end of the free list (never an index: rings have <= 32768 entries)              \
+		 */
+
+/* At a restart, over the region f of a packed ring of num entries (ring: its descriptors, to see
+ * whether a used element was written): commit or roll back a half-done update, find the chains in
+ * flight and check them (lengths, links in range, no entry in two chains), rebuild the free list
+ * from the other entries.  heads[] (num entries) gets the head entries in flight in the order
+ * they were taken, *taken the ring descriptors they hold, *max_counter their largest counter;
+ * owned is num bytes of scratch.  Returns the number of heads, or -EINVAL with *why. */
+int vub_ifp_scan(struct vub_inflight_pqueue *f, uint32_t num, const struct vring_packed_desc *ring,
+		 uint16_t *heads, uint8_t *owned, uint32_t *taken, uint64_t *max_counter,
+		 const char **why);
+
+/* The descriptors recorded for the chain at head (checked by vub_ifp_scan) into tmp (num
+ * entries); returns how many (0 if the chain is not valid). */
+uint16_t vub_ifp_chain(const struct vub_inflight_pqueue *f, uint32_t num, uint16_t head,
+		       struct vring_packed_desc *tmp);
+
 /* Validate a vhost-user message header and payload size for the given request (nfds file
  * descriptors came with it).  0, or -EINVAL with a reason in *why. */
 int vub_msg_check(const struct vhost_user_hdr *h, unsigned nfds, const char **why);

@@ -9,6 +9,10 @@
  *     flags (indirect allowed); the rest fills guest memory, which is two regions with a hole
  *     between them, each exactly as large as its buffer so that AddressSanitizer sees any access
  *     outside.  The descriptor table is at guest-physical 0.
+ *   byte 0 >= 0xc0: a packed ring's in-flight region (vub_ifp_scan) as a restarted back end
+ *     finds it, then every chain it reports walked from its recorded copies.  Byte 1: ring size
+ *     exponent; the rest fills the region (header + 32-byte entries), then guest memory (the
+ *     ring is at guest-physical 0, its flags decide whether a half-done completion is kept).
  * Every iovec the walk returns is read byte by byte (and the status byte written), so an iovec
  * outside guest memory is a reported bug.
  */
@@ -42,6 +46,47 @@ static void touch_chain(struct vub_chain *c)
 				sink ^= p[k];
 		}
 	}
+}
+
+/* The in-flight region of a packed ring, as written by a front end that may be hostile. */
+static void fuzz_inflight(const uint8_t *data, size_t size, struct vub_mem *m, uint8_t *r1)
+{
+	uint32_t num = 1u << (data[1] % 10), taken;
+	size_t rsize = sizeof(struct vub_inflight_pqueue) + sizeof(struct vub_inflight_pdesc) * num;
+	struct vub_inflight_pqueue *f = calloc(1, rsize);
+	uint16_t *heads = calloc(num, sizeof(*heads));
+	uint8_t *owned = calloc(num, 1);
+	struct vring_packed_desc *tmp = calloc(num, sizeof(*tmp));
+	struct iovec iov[64];
+	uint64_t maxc;
+	const char *why;
+	int n;
+
+	if (data[4] & 2)
+		num = num - num / 3;
+	if (f && heads && owned && tmp) {
+		size_t k = size - 5 < rsize ? size - 5 : rsize;
+		memcpy(f, data + 5, k);
+		if (size - 5 > rsize) {
+			size_t g = size - 5 - rsize < REGION_SIZE ? size - 5 - rsize : REGION_SIZE;
+			memcpy(r1, data + 5 + rsize, g);
+		}
+		n = vub_ifp_scan(f, num, (const struct vring_packed_desc *)r1, heads, owned, &taken,
+				 &maxc, &why);
+		for (int i = 0; i < n; i++) {
+			struct vub_chain c = {.iov = iov, .max = 64};
+			uint16_t nd = vub_ifp_chain(f, num, heads[i], tmp);
+			if (nd && vub_packed_walk(m, tmp, nd, 0, data[4] & 1, &c) == 0)
+				touch_chain(&c);
+		}
+		/* the rebuilt free list stays inside the region */
+		for (uint32_t e = f->free_head, steps = 0; e < num && steps <= num; steps++)
+			e = f->desc[e].next;
+	}
+	free(tmp);
+	free(owned);
+	free(heads);
+	free(f);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -82,6 +127,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    .gpa = 0, .size = REGION_SIZE, .uva = 0x7f0000000000ull, .host = r1};
 	m.r[1] = (struct vub_region){
 	    .gpa = REGION2_GPA, .size = REGION_SIZE, .uva = 0x7f0000100000ull, .host = r2};
+	if (data[0] >= 0xc0) {
+		memset(r1, 0, REGION_SIZE);
+		fuzz_inflight(data, size, &m, r1);
+		free(r1);
+		free(r2);
+		return 0;
+	}
 	{
 		uint32_t num = 1u << (data[1] % 10); /* up to 512 entries: 8 KiB of descriptors */
 		uint16_t head = (uint16_t)(data[2] | data[3] << 8);

@@ -39,10 +39,13 @@ args=(--object throttle-group,id=tg,x-iops-total=150
 	--blockdev driver=raw,node-name=r,file=f
 	--blockdev driver=throttle,node-name=t,throttle-group=tg,file=r
 	--export type=vhost-user-blk,id=v,node-name=t,addr.type=unix,addr.path="$T/vub.sock",writable=on,num-queues=2)
+# vub-guest-reconnect-packed.sh runs this with packed virtqueues; the queue start line (debug) shows
+# which ring type the guest uses
+[ -z "${VUB_GUEST_DEVOPTS:-}" ] || args+=(--log-level debug)
 bd_start "${args[@]}"
 first=$BD_PID
 
-VUB_CHARDEV_OPTS=",reconnect=1" vub_guest_start "$T/vub.sock" 2
+VUB_CHARDEV_OPTS=",reconnect=1" vub_guest_start "$T/vub.sock" 2 "${VUB_GUEST_DEVOPTS:-}"
 bd_wait_for 120 grep -aq "GUEST: round 3" "$T/guest.log"
 sleep 0.5
 kill -KILL "$first"
@@ -66,4 +69,7 @@ want=$(vub_guest_line md5)
 got=$(dd if="$T/img" bs=1M count=16 status=none | md5sum | cut -d' ' -f1)
 assert_eq "$got" "$want" "image contents"
 grep -h "resubmitting" "$T"/blockd*.log || fail "no in-flight request was resubmitted"
+if [ "${VUB_GUEST_DEVOPTS:-}" = ",packed=on" ]; then
+	grep -q "start num=.* packed=1" "$T"/blockd*.log || fail "the guest did not use packed rings"
+fi
 bd_stop

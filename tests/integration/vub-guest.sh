@@ -2,7 +2,7 @@
 # meson-suite: slow
 # meson-timeout: 300
 # A real QEMU guest (TCG) on blockd's vhost-user-blk export with two queues spread over two
-# iothreads: disk size, queue count, serial (GET_ID), direct-I/O write and read back on both
+# iothreads (and a third, spare one that reads half of every large read): disk size, queue count, serial (GET_ID), direct-I/O write and read back on both
 # queues, discard, write-zeroes, flush; the data the guest wrote is checked in the image.
 # Then the same guest script against a packed-ring device (-device ...,packed=on).
 source "$(dirname "$0")/../lib/common.sh"
@@ -33,10 +33,10 @@ GUEST
 vub_guest_build "$T/test.sh"
 
 bd_sparse_image "$T/img" 64M
-bd_start --log-level debug --object iothread,id=io1 --object iothread,id=io2 \
+bd_start --log-level debug --object iothread,id=io1 --object iothread,id=io2 --object iothread,id=io3 \
 	--blockdev driver=file,node-name=f,filename="$T/img" \
 	--blockdev driver=raw,node-name=r,file=f \
-	--export type=vhost-user-blk,id=v,node-name=r,addr.type=unix,addr.path="$T/vub.sock",writable=on,num-queues=2,serial=vub-serial-7,iothreads.0=io1,iothreads.1=io2
+	--export type=vhost-user-blk,id=v,node-name=r,addr.type=unix,addr.path="$T/vub.sock",writable=on,num-queues=2,serial=vub-serial-7,iothreads.0=io1,iothreads.1=io2,iothreads.2=io3
 
 for variant in split packed; do
 	devopts=""

@@ -15,4 +15,4 @@ exec timeout "${VUB_GUEST_TIMEOUT:-240}" qemu-system-x86_64 \
 	-chardev socket,id=vub0,path="$SOCK"$CHROPTS \
 	-device vhost-user-blk-pci,chardev=vub0,num-queues="$NQ"$DEVOPTS \
 	-kernel "$OUT/vmlinuz" -initrd "$OUT/initramfs.cpio.gz" \
-	-append "console=ttyS0 quiet panic=-1" -nographic -no-reboot -nodefaults -serial stdio "$@"
+	-append "console=ttyS0 quiet panic=-1 no_timer_check" -nographic -no-reboot -nodefaults -serial stdio "$@"

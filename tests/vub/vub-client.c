@@ -1,20 +1,30 @@
 /*
- * vub-client.c - a small vhost-user-blk front end for tests and benchmarks: a userspace virtio
- * driver that connects to a vhost-user-blk socket (blockd's or qemu-storage-daemon's), shares a
- * memfd as "guest memory", sets up split rings and submits virtio-blk requests.
+ * vub-client.c - a small vhost-user-blk front end for tests and benchmarks: its commands and
+ * options.  The userspace virtio driver underneath (vub-fe.c) connects to a vhost-user-blk socket
+ * (blockd's or qemu-storage-daemon's), shares a memfd as "guest memory", sets up split or packed
+ * rings and submits virtio-blk requests.
  *
  * usage: vub-client SOCKET COMMAND [options]
  *   info                         features, config space, serial
  *   write OFF LEN FILE           write LEN bytes of FILE at OFF;  read OFF LEN FILE: the reverse
- *   discard|zero|zero-unmap|flush [OFF LEN]
+ *   discard|zero|zero-unmap OFF LEN [OFF LEN...]   one request, up to 4 segments;  flush
  *   verify                       self-check: write/read back on every queue, discard, zeroes,
  *                                flush, GET_ID, out-of-range and read-only errors
  *   hostile                      bad descriptors and bad messages; the back end must survive
  *   bench [--rw randread|randwrite|read|write] [--bs N] [--qd N] [--time S] [--queues N]
- * Options for every command: --queues N (default 1), --num N (ring size, default 256).
+ *   stress [--bs N] [--qd N] [--area SIZE] [--passes N] [--expect FILE]
+ *                                passes of writes over the area (a pattern per pass and block),
+ *                                every request checked to complete once with status OK; then the
+ *                                area is read back and compared; FILE gets the expected bytes
+ *   stop-under-load [--qd N]     N writes in flight, then a memory table change (the back end
+ *                                stops the queues): all must complete before the ack
+ * Options for every command: --queues N (default 1), --num N (ring size, default 256),
+ * --packed (packed virtqueues), --inflight (in-flight tracking: GET/SET_INFLIGHT_FD),
+ * --reconnect (when the back end goes away, connect again and set everything up as QEMU does,
+ * with the in-flight region kept; implies --inflight).
  * Single-threaded per queue: one thread per queue in bench.  Exit 0 on success.
  */
-#include "export/vhost-user-blk/vub-proto.h"
+#include "tests/vub/vub-fe.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,335 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_Q 16
-#define SLOT_BUF (1u << 20)
-
-static int sock = -1;
-static uint8_t *mem;
-static size_t mem_size;
-static int mem_fd;
-static uint64_t features, pfeatures;
-static struct virtio_blk_config cfg;
-static unsigned nq = 1, ring_num = 256;
-
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "vub-client: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	exit(1);
-}
-
-/* ---- vhost-user messages -------------------------------------------------------------------- */
-static void vu_send(uint32_t req, uint32_t flags, const void *p, uint32_t size, const int *fds,
-		    int nfds)
-{
-	struct vhost_user_hdr h = {req, VHOST_USER_VERSION | flags, size};
-	struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)p, size}};
-	char cbuf[CMSG_SPACE(sizeof(int) * 8)];
-	struct msghdr mh = {.msg_iov = iov, .msg_iovlen = size ? 2 : 1};
-
-	if (nfds) {
-		memset(cbuf, 0, sizeof(cbuf));
-		mh.msg_control = cbuf;
-		mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
-	}
-	if (sendmsg(sock, &mh, MSG_NOSIGNAL) != (ssize_t)(sizeof(h) + size))
-		die("sendmsg %u: %s", req, strerror(errno));
-}
-
-/* Read a reply; returns payload size, fills *fd if one came. */
-static uint32_t vu_recv(uint32_t req, void *p, uint32_t max, int *fd)
-{
-	struct vhost_user_hdr h;
-	char cbuf[CMSG_SPACE(sizeof(int) * 8)];
-	struct iovec iov = {&h, sizeof(h)};
-	struct msghdr mh = {
-	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
-	ssize_t n = recvmsg(sock, &mh, MSG_WAITALL);
-
-	if (n != sizeof(h))
-		die("reply to %u: %s", req, n < 0 ? strerror(errno) : "connection closed");
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
-		if (cm->cmsg_type == SCM_RIGHTS && fd)
-			memcpy(fd, CMSG_DATA(cm), sizeof(int));
-	if (h.request != req || !(h.flags & VHOST_USER_REPLY_MASK) || h.size > max)
-		die("bad reply to %u: req %u flags %x size %u", req, h.request, h.flags, h.size);
-	if (h.size && recv(sock, p, h.size, MSG_WAITALL) != (ssize_t)h.size)
-		die("reply payload to %u", req);
-	return h.size;
-}
-
-static uint64_t vu_get_u64(uint32_t req)
-{
-	uint64_t v = 0;
-	vu_send(req, 0, NULL, 0, NULL, 0);
-	vu_recv(req, &v, sizeof(v), NULL);
-	return v;
-}
-
-/* Send a request, and with REPLY_ACK wait for its ack; returns the ack (0 = success). */
-static uint64_t vu_call(uint32_t req, const void *p, uint32_t size, const int *fds, int nfds)
-{
-	bool ack = pfeatures & (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK);
-	uint64_t v = 0;
-	vu_send(req, ack ? VHOST_USER_NEED_REPLY_MASK : 0, p, size, fds, nfds);
-	if (ack)
-		vu_recv(req, &v, sizeof(v), NULL);
-	return v;
-}
-
-/* ---- rings ---------------------------------------------------------------------------------- */
-struct slot {
-	struct virtio_blk_outhdr hdr;
-	uint8_t status;
-	uint8_t *buf;	/* SLOT_BUF bytes in shared memory */
-	uint64_t start; /* bench: ns */
-	bool busy;
-};
-
-struct vq {
-	unsigned idx, num, nslots;
-	struct vring_desc *desc;
-	struct vring_avail *avail;
-	struct vring_used *used;
-	int kick, call;
-	uint16_t avail_idx, last_used;
-	struct slot *slots; /* in shared memory */
-	uint8_t *bufs;
-	/* bench */
-	uint64_t ops, bytes, lat_ns;
-	pthread_t th;
-};
-
-static struct vq vqs[MAX_Q];
-static size_t mem_used;
-
-static void *alloc_mem(size_t len, size_t align)
-{
-	size_t off = (mem_used + align - 1) & ~(align - 1);
-	if (off + len > mem_size)
-		die("out of shared memory");
-	mem_used = off + len;
-	return mem + off;
-}
-
-static uint64_t gpa(const void *p)
-{
-	return (uint64_t)((const uint8_t *)p - mem);
-}
-
-static void setup(unsigned qd_slots)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	struct vhost_user_mem_table mt = {0};
-	uint64_t f;
-
-	pfeatures = 0;
-	features = vu_get_u64(VHOST_USER_GET_FEATURES);
-	if (features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES)) {
-		uint64_t pf = vu_get_u64(VHOST_USER_GET_PROTOCOL_FEATURES);
-		pf &= (1ull << VHOST_USER_PROTOCOL_F_MQ) |
-		      (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
-		      (1ull << VHOST_USER_PROTOCOL_F_CONFIG);
-		vu_send(VHOST_USER_SET_PROTOCOL_FEATURES, 0, &pf, sizeof(pf), NULL, 0);
-		pfeatures = pf;
-	}
-	(void)sa;
-	if (pfeatures & (1ull << VHOST_USER_PROTOCOL_F_MQ)) {
-		uint64_t n = vu_get_u64(VHOST_USER_GET_QUEUE_NUM);
-		if (nq > n)
-			die("back end has only %" PRIu64 " queues", n);
-	}
-	vu_send(VHOST_USER_SET_OWNER, 0, NULL, 0, NULL, 0);
-	if (pfeatures & (1ull << VHOST_USER_PROTOCOL_F_CONFIG)) {
-		/* 60 bytes: the config up to the write-zeroes fields; older back ends (QEMU 7.2's
-		 * libvhost-user) refuse anything larger than their own struct */
-		struct vhost_user_config c = {.offset = 0, .size = 60};
-		uint32_t n;
-		vu_send(VHOST_USER_GET_CONFIG, 0, &c, VHOST_USER_CONFIG_HDR_SIZE + 60, NULL, 0);
-		n = vu_recv(VHOST_USER_GET_CONFIG, &c, sizeof(c), NULL);
-		if (n < VHOST_USER_CONFIG_HDR_SIZE + 60)
-			die("GET_CONFIG: short reply (%u bytes)", n);
-		memcpy(&cfg, c.region, 60);
-	}
-	f = features & ((1ull << VIRTIO_F_VERSION_1) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
-			(1ull << VIRTIO_BLK_F_RO) | (1ull << VIRTIO_BLK_F_FLUSH) |
-			(1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES) |
-			(1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_MQ) |
-			(1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_CONFIG_WCE) |
-			(1ull << VIRTIO_BLK_F_TOPOLOGY) | (1ull << VIRTIO_BLK_F_SIZE_MAX) |
-			(1ull << VIRTIO_BLK_F_SECURE_ERASE));
-	features = f;
-	if (vu_call(VHOST_USER_SET_FEATURES, &f, sizeof(f), NULL, 0))
-		die("SET_FEATURES refused");
-
-	mt.nregions = 1;
-	mt.regions[0].guest_phys_addr = 0;
-	mt.regions[0].memory_size = mem_size;
-	mt.regions[0].userspace_addr = (uint64_t)(uintptr_t)mem;
-	mt.regions[0].mmap_offset = 0;
-	if (vu_call(VHOST_USER_SET_MEM_TABLE, &mt, 8 + sizeof(mt.regions[0]), &mem_fd, 1))
-		die("SET_MEM_TABLE refused");
-
-	for (unsigned i = 0; i < nq; i++) {
-		struct vq *q = &vqs[i];
-		struct vhost_vring_state st = {i, ring_num};
-		struct vhost_vring_addr a = {0};
-		uint64_t u;
-
-		q->idx = i;
-		q->num = ring_num;
-		q->nslots = ring_num / 3 < qd_slots ? ring_num / 3 : qd_slots;
-		q->desc = alloc_mem(16 * ring_num, 4096);
-		q->avail = alloc_mem(6 + 2 * ring_num, 4096);
-		q->used = alloc_mem(6 + 8 * ring_num, 4096);
-		q->slots = alloc_mem(sizeof(struct slot) * q->nslots, 64);
-		q->kick = eventfd(0, EFD_CLOEXEC);
-		q->call = eventfd(0, EFD_CLOEXEC);
-		vu_call(VHOST_USER_SET_VRING_NUM, &st, sizeof(st), NULL, 0);
-		st.num = 0;
-		vu_call(VHOST_USER_SET_VRING_BASE, &st, sizeof(st), NULL, 0);
-		a.index = i;
-		a.desc_user_addr = (uint64_t)(uintptr_t)q->desc;
-		a.avail_user_addr = (uint64_t)(uintptr_t)q->avail;
-		a.used_user_addr = (uint64_t)(uintptr_t)q->used;
-		vu_call(VHOST_USER_SET_VRING_ADDR, &a, sizeof(a), NULL, 0);
-		u = i;
-		vu_call(VHOST_USER_SET_VRING_CALL, &u, sizeof(u), &q->call, 1);
-		vu_call(VHOST_USER_SET_VRING_KICK, &u, sizeof(u), &q->kick, 1);
-		st.num = 1;
-		if (features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES))
-			vu_call(VHOST_USER_SET_VRING_ENABLE, &st, sizeof(st), NULL, 0);
-	}
-	for (unsigned i = 0; i < nq; i++)
-		for (unsigned s = 0; s < vqs[i].nslots; s++)
-			vqs[i].slots[s].buf = alloc_mem(SLOT_BUF, 4096);
-}
-
-static void connect_and_map(const char *path, size_t slots_mem)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-
-	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		die("connect %s: %s", path, strerror(errno));
-	mem_size = (8u << 20) + slots_mem;
-	mem_fd = memfd_create("vub-client", MFD_CLOEXEC);
-	if (mem_fd < 0 || ftruncate(mem_fd, (off_t)mem_size) < 0)
-		die("memfd: %s", strerror(errno));
-	mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED, mem_fd, 0);
-	if (mem == MAP_FAILED)
-		die("mmap: %s", strerror(errno));
-}
-
-/* Queue a request in slot s of q (not kicked). */
-static void submit(struct vq *q, unsigned s, uint32_t type, uint64_t sector, uint32_t len,
-		   bool data_in)
-{
-	struct slot *sl = &q->slots[s];
-	unsigned d = s * 3, n = 0;
-
-	sl->hdr.type = type;
-	sl->hdr.ioprio = 0;
-	sl->hdr.sector = sector;
-	sl->status = 0xff;
-	sl->busy = true;
-	q->desc[d].addr = gpa(&sl->hdr);
-	q->desc[d].len = sizeof(sl->hdr);
-	q->desc[d].flags = VRING_DESC_F_NEXT;
-	q->desc[d].next = (uint16_t)(d + 1);
-	n = d + 1;
-	if (len) {
-		q->desc[n].addr = gpa(sl->buf);
-		q->desc[n].len = len;
-		q->desc[n].flags = VRING_DESC_F_NEXT | (data_in ? VRING_DESC_F_WRITE : 0);
-		q->desc[n].next = (uint16_t)(n + 1);
-		n++;
-	}
-	q->desc[n].addr = gpa(&sl->status);
-	q->desc[n].len = 1;
-	q->desc[n].flags = VRING_DESC_F_WRITE;
-	q->desc[n].next = 0;
-	q->avail->ring[q->avail_idx % q->num] = (uint16_t)d;
-	q->avail_idx++;
-	__atomic_store_n(&q->avail->idx, q->avail_idx, __ATOMIC_RELEASE);
-}
-
-static void kick(struct vq *q)
-{
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	eventfd_write(q->kick, 1);
-}
-
-/* Wait for completions; returns number reaped, calls fn for each slot. */
-static unsigned reap(struct vq *q, void (*fn)(struct vq *, unsigned), int timeout_ms)
-{
-	unsigned n = 0;
-
-	for (;;) {
-		uint16_t ui = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
-		while (q->last_used != ui) {
-			struct vring_used_elem *e = &q->used->ring[q->last_used % q->num];
-			unsigned s = e->id / 3;
-			q->last_used++;
-			if (e->id % 3 || s >= q->nslots)
-				die("bad used id %u", e->id);
-			q->slots[s].busy = false;
-			if (fn)
-				fn(q, s);
-			n++;
-		}
-		if (n)
-			return n;
-		struct pollfd p = {q->call, POLLIN, 0};
-		int r = poll(&p, 1, timeout_ms);
-		if (r == 0)
-			return 0;
-		uint64_t v;
-		if (read(q->call, &v, sizeof(v)) < 0 && errno != EAGAIN)
-			die("call read");
-	}
-}
-
-/* One synchronous request on queue q slot 0.  Returns the status byte. */
-static int sync_req(unsigned qi, uint32_t type, uint64_t off, uint32_t len, bool data_in)
-{
-	struct vq *q = &vqs[qi];
-	submit(q, 0, type, off / 512, len, data_in);
-	kick(q);
-	if (!reap(q, NULL, 10000))
-		die("request timed out (type %u)", type);
-	return q->slots[0].status;
-}
-
-static int range_req(unsigned qi, uint32_t type, uint64_t off, uint64_t len, uint32_t flags)
-{
-	struct virtio_blk_discard_wz *seg = (void *)vqs[qi].slots[0].buf;
-	seg->sector = off / 512;
-	seg->num_sectors = (uint32_t)(len / 512);
-	seg->flags = flags;
-	return sync_req(qi, type, off, sizeof(*seg), false);
-}
-
 /* ---- commands ------------------------------------------------------------------------------- */
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static int cmd_info(void)
 {
 	char id[21] = {0};
@@ -375,6 +57,8 @@ static int cmd_info(void)
 	       !!(features & (1ull << VIRTIO_BLK_F_RO)),
 	       !!(features & (1ull << VIRTIO_BLK_F_DISCARD)),
 	       !!(features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES)));
+	printf("max_discard_seg=%u max_write_zeroes_seg=%u secure_erase=%d\n", cfg.max_discard_seg,
+	       cfg.max_write_zeroes_seg, !!(features & (1ull << VIRTIO_BLK_F_SECURE_ERASE)));
 	printf("serial=%s (status %d)\n", id, st);
 	return 0;
 }
@@ -411,6 +95,58 @@ static int fails;
 		printf("\n");                                                                      \
 	} while (0)
 
+/* Several segments in one request: zeroes exactly in them, the pattern around them. */
+static void check_multi_segment(void)
+{
+	static const uint64_t ol[6] = {2 << 20, 4096, (2 << 20) + 65536, 8192, (2 << 20) + 196608,
+				       65536};
+	uint64_t many[2 * 40];
+	uint8_t *b = vqs[0].slots[0].buf;
+	bool good = true;
+
+	if (cfg.max_write_zeroes_seg < 3) {
+		printf("skipped: multi-segment write zeroes (max_write_zeroes_seg=%u)\n",
+		       cfg.max_write_zeroes_seg);
+		return;
+	}
+	memset(b, 0xaa, 262144);
+	CHECK(sync_req(0, VIRTIO_BLK_T_OUT, 2 << 20, 262144, false) == 0, "pattern written");
+	CHECK(multi_req(0, VIRTIO_BLK_T_WRITE_ZEROES, 3, ol, 0, 0) == 0,
+	      "write zeroes with 3 segments");
+	CHECK(sync_req(0, VIRTIO_BLK_T_IN, 2 << 20, 262144, true) == 0, "read back");
+	for (unsigned i = 0; i < 262144; i++) {
+		bool in = false;
+		for (unsigned k = 0; k < 3; k++)
+			in |=
+			    i >= ol[2 * k] - (2 << 20) && i < ol[2 * k] - (2 << 20) + ol[2 * k + 1];
+		good &= b[i] == (in ? 0 : 0xaa);
+	}
+	CHECK(good, "zeroes exactly in the 3 segments");
+	for (unsigned i = 0; i < 40; i++) {
+		many[2 * i] = (uint64_t)i << 16;
+		many[2 * i + 1] = cfg.blk_size ? cfg.blk_size : 512;
+	}
+	CHECK(multi_req(0, VIRTIO_BLK_T_WRITE_ZEROES, cfg.max_write_zeroes_seg + 1, many, 0, 0) ==
+		  VIRTIO_BLK_S_UNSUPP,
+	      "more segments than max_write_zeroes_seg: UNSUPP");
+	CHECK(multi_req(0, VIRTIO_BLK_T_WRITE_ZEROES, 1, ol, 0, 8) == VIRTIO_BLK_S_IOERR,
+	      "a partial segment: IOERR");
+	if (features & (1ull << VIRTIO_BLK_F_DISCARD) && cfg.max_discard_seg >= 2)
+		CHECK(multi_req(0, VIRTIO_BLK_T_DISCARD, 2, many, 0, 0) == 0,
+		      "discard with 2 segments");
+	if (features & (1ull << VIRTIO_BLK_F_SECURE_ERASE)) {
+		memset(b, 0x55, 65536);
+		sync_req(0, VIRTIO_BLK_T_OUT, 3 << 20, 65536, false);
+		CHECK(range_req(0, VIRTIO_BLK_T_SECURE_ERASE, 3 << 20, 65536, 0) == 0,
+		      "secure erase");
+		sync_req(0, VIRTIO_BLK_T_IN, 3 << 20, 65536, true);
+		good = true;
+		for (unsigned i = 0; i < 65536; i++)
+			good &= b[i] == 0;
+		CHECK(good, "secure erase reads back zeroes");
+	}
+}
+
 static int cmd_verify(void)
 {
 	uint64_t size = cfg.capacity * 512;
@@ -443,11 +179,9 @@ static int cmd_verify(void)
 			      1) == 0,
 		      "memory table replaced while running");
 		for (unsigned qi = 0; qi < nq; qi++) {
-			uint16_t before = vqs[qi].last_used;
+			uint64_t before = vqs[qi].completed;
 			CHECK(sync_req(qi, VIRTIO_BLK_T_IN, 0, 4096, true) == 0 &&
-				  (uint16_t)(vqs[qi].last_used - before) == 1 &&
-				  __atomic_load_n(&vqs[qi].used->idx, __ATOMIC_ACQUIRE) ==
-				      vqs[qi].avail_idx,
+				  vqs[qi].completed - before == 1 && next_used(&vqs[qi]) < 0,
 			      "queue %u resumes after the memory table change", qi);
 		}
 	}
@@ -481,6 +215,8 @@ static int cmd_verify(void)
 		if (features & (1ull << VIRTIO_BLK_F_DISCARD))
 			CHECK(range_req(0, VIRTIO_BLK_T_DISCARD, 1 << 20, 1 << 20, 0) == 0,
 			      "discard");
+		if (features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES))
+			check_multi_segment();
 	}
 	free(pat);
 	printf("%s\n", fails ? "VERIFY FAILED" : "VERIFY OK");
@@ -627,6 +363,146 @@ static int cmd_bench(void)
 	return 0;
 }
 
+/* ---- a queue stopped under load -------------------------------------------------------------- */
+/* --qd writes on queue 0, then the same memory table again (the back end stops the queues, waits
+ * for what is in flight, restarts them) with REPLY_ACK: every write must have completed when the
+ * ack comes, and the queue must serve the next request. */
+static int cmd_stop_under_load(void)
+{
+	struct vq *q = &vqs[0];
+	unsigned qd = bench_qd < q->nslots ? bench_qd : q->nslots, before_ack;
+	struct vhost_user_mem_table mt = {.nregions = 1};
+	uint64_t t0, ack;
+	int sl;
+
+	for (unsigned s = 0; s < qd; s++) {
+		memset(q->slots[s].buf, (int)s, 4096);
+		submit(q, s, VIRTIO_BLK_T_OUT, (uint64_t)s * 8, 4096, false);
+	}
+	kick(q);
+	usleep(100000);
+	mt.regions[0].memory_size = mem_size;
+	mt.regions[0].userspace_addr = (uint64_t)(uintptr_t)mem;
+	t0 = now_ns();
+	ack = vu_call(VHOST_USER_SET_MEM_TABLE, &mt, 8 + sizeof(mt.regions[0]), &mem_fd, 1);
+	printf("memory table ack %" PRIu64 " after %.0f ms\n", ack, (double)(now_ns() - t0) / 1e6);
+	before_ack = 0;
+	while ((sl = next_used(q)) >= 0)
+		before_ack += q->slots[sl].status == VIRTIO_BLK_S_OK;
+	printf("%u of %u writes completed OK before the ack\n", before_ack, qd);
+	printf("next request: status %d\n", sync_req(0, VIRTIO_BLK_T_IN, 0, 4096, true));
+	return before_ack == qd ? 0 : 1;
+}
+
+/* ---- stress: writes that must survive back-end restarts ---------------------------------------
+ */
+static uint64_t stress_area = 8u << 20;
+static unsigned stress_passes = 6;
+static const char *stress_expect;
+static uint64_t st_issued, st_done;
+static unsigned st_pass, st_next, st_nblocks;
+static bool st_kick[MAX_Q];
+
+static void pattern(uint8_t *buf, uint32_t len, unsigned pass, unsigned block)
+{
+	uint64_t *w = (uint64_t *)(void *)buf;
+
+	for (uint32_t i = 0; i < len / 8; i++)
+		w[i] = ((uint64_t)pass << 56) ^ ((uint64_t)block << 32) ^
+		       ((uint64_t)i * 0x9e3779b97f4a7c15ull);
+}
+
+static void stress_issue(struct vq *q, unsigned s)
+{
+	unsigned b;
+
+	if (st_next >= st_nblocks)
+		return;
+	b = st_next++;
+	pattern(q->slots[s].buf, bench_bs, st_pass, b);
+	q->slots[s].tag = ((uint64_t)st_pass << 32) | b;
+	submit(q, s, VIRTIO_BLK_T_OUT, (uint64_t)b * bench_bs / 512, bench_bs, false);
+	st_issued++;
+	st_kick[q->idx] = true;
+}
+
+static void stress_done(struct vq *q, unsigned s)
+{
+	if (q->slots[s].status != VIRTIO_BLK_S_OK)
+		die("stress: write of pass %u block %u failed with status %d",
+		    (unsigned)(q->slots[s].tag >> 32), (unsigned)q->slots[s].tag,
+		    q->slots[s].status);
+	st_done++;
+	stress_issue(q, s);
+}
+
+static int cmd_stress(void)
+{
+	unsigned qd = bench_qd < vqs[0].nslots ? bench_qd : vqs[0].nslots;
+	uint8_t *want = malloc(bench_bs);
+	FILE *ef = NULL;
+	int bad = 0;
+
+	if (!want || stress_area % bench_bs || stress_area > cfg.capacity * 512)
+		die("stress: --area must be a multiple of --bs and fit the disk");
+	st_nblocks = (unsigned)(stress_area / bench_bs);
+	for (st_pass = 0; st_pass < stress_passes; st_pass++) {
+		uint64_t last_done = st_done, t_progress = now_ns();
+		st_next = 0;
+		for (unsigned i = 0; i < nq; i++)
+			for (unsigned k = 0; k < qd; k++)
+				stress_issue(&vqs[i], k);
+		while (st_done < st_issued) {
+			struct pollfd p[MAX_Q + 1];
+			for (unsigned i = 0; i < nq; i++) {
+				if (st_kick[i])
+					kick(&vqs[i]);
+				st_kick[i] = false;
+				p[i] = (struct pollfd){vqs[i].call, POLLIN, 0};
+			}
+			p[nq] = (struct pollfd){sock, POLLIN, 0};
+			poll(p, nq + 1, 200);
+			for (unsigned i = 0; i < nq; i++) {
+				uint64_t v;
+				int sl;
+				if (p[i].revents && read(vqs[i].call, &v, sizeof(v)) < 0)
+					die("call read: %s", strerror(errno));
+				while ((sl = next_used(&vqs[i])) >= 0)
+					stress_done(&vqs[i], (unsigned)sl);
+			}
+			if (p[nq].revents && sock_gone())
+				reconnect();
+			if (st_done != last_done) {
+				last_done = st_done;
+				t_progress = now_ns();
+			} else if (now_ns() - t_progress > 60000000000ull) {
+				die("stress: %" PRIu64 " request(s) never completed (lost)",
+				    st_issued - st_done);
+			}
+		}
+		printf("pass %u: %u writes done\n", st_pass, st_nblocks);
+		fflush(stdout);
+	}
+	/* every request completed exactly once (next_used dies on a completion of an idle slot) */
+	printf("stress: %" PRIu64 " writes issued, %" PRIu64 " completed, %u reconnection(s)\n",
+	       st_issued, st_done, nreconnects);
+	if (stress_expect && !(ef = fopen(stress_expect, "w")))
+		die("open %s: %s", stress_expect, strerror(errno));
+	for (unsigned b = 0; b < st_nblocks; b++) {
+		pattern(want, bench_bs, stress_passes - 1, b);
+		if (ef && fwrite(want, 1, bench_bs, ef) != bench_bs)
+			die("write %s", stress_expect);
+		if (sync_req(0, VIRTIO_BLK_T_IN, (uint64_t)b * bench_bs, bench_bs, true) ||
+		    memcmp(vqs[0].slots[0].buf, want, bench_bs))
+			bad++;
+	}
+	if (ef)
+		fclose(ef);
+	free(want);
+	printf("%s (%d bad block(s))\n", bad ? "STRESS READBACK FAILED" : "STRESS OK", bad);
+	return bad ? 1 : 0;
+}
+
 static uint64_t parse_size(const char *s)
 {
 	char *end;
@@ -650,18 +526,18 @@ static uint64_t parse_size(const char *s)
 
 int main(int argc, char **argv)
 {
-	const char *path, *cmd;
+	const char *cmd;
 	char *pos[8];
 	int npos = 0;
 
 	if (argc < 3) {
 		fprintf(stderr,
 			"usage: vub-client SOCKET info|write|read|discard|zero|flush|verify|"
-			"hostile|bench [args] [--queues N] [--num N] [--rw RW] [--bs N] "
-			"[--qd N] [--time S]\n");
+			"hostile|bench|stress [args] [--queues N] [--num N] [--rw RW] [--bs N] "
+			"[--qd N] [--time S] [--packed] [--inflight] [--reconnect]\n");
 		return 2;
 	}
-	path = argv[1];
+	sock_path = argv[1];
 	cmd = argv[2];
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "--queues") && i + 1 < argc)
@@ -674,6 +550,18 @@ int main(int argc, char **argv)
 			bench_qd = (unsigned)atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--time") && i + 1 < argc)
 			bench_time = atof(argv[++i]);
+		else if (!strcmp(argv[i], "--area") && i + 1 < argc)
+			stress_area = parse_size(argv[++i]);
+		else if (!strcmp(argv[i], "--passes") && i + 1 < argc)
+			stress_passes = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--expect") && i + 1 < argc)
+			stress_expect = argv[++i];
+		else if (!strcmp(argv[i], "--packed"))
+			packed = true;
+		else if (!strcmp(argv[i], "--inflight"))
+			use_inflight = true;
+		else if (!strcmp(argv[i], "--reconnect"))
+			reconnect_mode = use_inflight = true;
 		else if (!strcmp(argv[i], "--rw") && i + 1 < argc) {
 			const char *r = argv[++i];
 			bench_rw = !strcmp(r, "randread")    ? 0
@@ -689,11 +577,11 @@ int main(int argc, char **argv)
 		die("--bs must be between 512 and 1M");
 	{
 		unsigned slots = ring_num / 3;
-		if (strcmp(cmd, "bench"))
+		if (strcmp(cmd, "bench") && strcmp(cmd, "stress") && strcmp(cmd, "stop-under-load"))
 			slots = 2;
 		else if (bench_qd < slots)
 			slots = bench_qd;
-		connect_and_map(path, (size_t)nq * (slots + 1) * SLOT_BUF + (size_t)nq * 65536);
+		connect_and_map((size_t)nq * (slots + 1) * SLOT_BUF + (size_t)nq * 65536);
 		/* only the first `slots` slots of each queue get buffers: shrink nslots */
 		setup(slots);
 	}
@@ -702,7 +590,11 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "verify"))
 		return cmd_verify();
 	if (!strcmp(cmd, "hostile"))
-		return cmd_hostile();
+		return packed ? (fprintf(stderr, "hostile: split rings only\n"), 2) : cmd_hostile();
+	if (!strcmp(cmd, "stress"))
+		return cmd_stress();
+	if (!strcmp(cmd, "stop-under-load"))
+		return cmd_stop_under_load();
 	if (!strcmp(cmd, "bench"))
 		return cmd_bench();
 	if ((!strcmp(cmd, "write") || !strcmp(cmd, "read")) && npos == 3)
@@ -710,11 +602,14 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "flush"))
 		return sync_req(0, VIRTIO_BLK_T_FLUSH, 0, 0, false) ? 1 : 0;
 	if ((!strcmp(cmd, "discard") || !strcmp(cmd, "zero") || !strcmp(cmd, "zero-unmap")) &&
-	    npos == 2) {
+	    npos >= 2 && npos % 2 == 0) {
+		uint64_t ol[8];
+		for (int i = 0; i < npos; i++)
+			ol[i] = parse_size(pos[i]);
 		int st =
-		    range_req(0, cmd[0] == 'd' ? VIRTIO_BLK_T_DISCARD : VIRTIO_BLK_T_WRITE_ZEROES,
-			      parse_size(pos[0]), parse_size(pos[1]),
-			      !strcmp(cmd, "zero-unmap") ? VIRTIO_BLK_WZ_F_UNMAP : 0);
+		    multi_req(0, cmd[0] == 'd' ? VIRTIO_BLK_T_DISCARD : VIRTIO_BLK_T_WRITE_ZEROES,
+			      (unsigned)npos / 2, ol,
+			      !strcmp(cmd, "zero-unmap") ? VIRTIO_BLK_WZ_F_UNMAP : 0, 0);
 		printf("%s: status %d\n", cmd, st);
 		return st ? 1 : 0;
 	}
