@@ -128,13 +128,17 @@ int q2_create_on(struct bd_node *file, json_t *opts, struct bd_err *err)
 	if (ctype == Q2_COMP_ZSTD)
 		return bd_err_set(err, -ENOTSUP, "zstd compression is not built in");
 #endif
-	if (extl2)
-		return bd_err_set(err, -ENOTSUP,
-				  "Extended L2 entries (subclusters) are not supported yet");
+	if (extl2 && version == 0)
+		return bd_err_set(err, -EINVAL,
+				  "Extended L2 entries are only supported with compatibility level "
+				  "1.1 and above (use version=v3 or greater)");
+	if (extl2 && cs < (1u << Q2_EXTL2_MIN_CLUSTER_BITS))
+		return bd_err_set(err, -EINVAL, "Extended L2 entries are only supported with "
+						"cluster sizes of at least 16384 bytes");
 	if (backing_fmt && !backing)
 		return bd_err_set(err, -EINVAL,
 				  "Backing format cannot be used without backing file");
-	if (backing && prealloc != PREALLOC_OFF)
+	if (backing && prealloc != PREALLOC_OFF && !extl2)
 		return bd_err_set(err, -EINVAL,
 				  "Backing file and preallocation can only be used at the same time "
 				  "if extended_l2 is on");
@@ -149,7 +153,8 @@ int q2_create_on(struct bd_node *file, json_t *opts, struct bd_err *err)
 	uint32_t cb = (uint32_t)__builtin_ctzll(cs);
 	uint32_t order = (uint32_t)__builtin_ctzll(refbits);
 	uint64_t epb = q2_rb_entries(cb, order);
-	uint64_t l1_size = q2_l1_needed(size, cb);
+	uint64_t l1_size = q2_l1_needed_ext(size, cb, extl2);
+	uint64_t l2e = extl2 ? 16 : 8; /* bytes per L2 entry: + the subcluster bitmap */
 	if (l1_size * 8 > Q2_MAX_L1_BYTES)
 		return bd_err_set(err, -EFBIG, "Image size too big for the cluster size");
 	uint64_t l1c = div_up(l1_size * 8, cs);
@@ -197,7 +202,7 @@ int q2_create_on(struct bd_node *file, json_t *opts, struct bd_err *err)
 	h.header_length = h.version == 2 ? Q2_V2_HEADER_LEN : Q2_HEADER_LEN_WITH_CTYPE;
 	h.compatible = lazy ? Q2_COMPAT_LAZY_REFCOUNTS : 0;
 	h.compression_type = (uint8_t)ctype;
-	h.incompatible = ctype ? Q2_INCOMPAT_COMPRESSION : 0;
+	h.incompatible = (ctype ? Q2_INCOMPAT_COMPRESSION : 0) | (extl2 ? Q2_INCOMPAT_EXTL2 : 0);
 	uint64_t off = h.header_length;
 	r = 0;
 	if (backing_fmt)
@@ -262,8 +267,10 @@ int q2_create_on(struct bd_node *file, json_t *opts, struct bd_err *err)
 		q2_refcount_set(rbs + (c / epb) * cs, order, c % epb, 1);
 	for (uint64_t i = 0; i < nl2; i++)
 		q2_put_be64(l1 + 8 * i, ((c_l2 + i) * cs) | Q2_OFLAG_COPIED);
+	/* Preallocated data clusters; with extended L2 their subcluster bitmaps stay 0
+	 * ("unallocated": reads come from the backing file or are zeroes, as QEMU does). */
 	for (uint64_t d = 0; d < nd; d++)
-		q2_put_be64(l2 + 8 * d, ((c_data + d) * cs) | Q2_OFLAG_COPIED);
+		q2_put_be64(l2 + l2e * d, ((c_data + d) * cs) | Q2_OFLAG_COPIED);
 
 	if ((r = q2_sync_write(file, cs, buf, (meta_c - 1) * cs)) < 0 ||
 	    (r = q2_sync_write(file, 0, hdr, cs)) < 0) {
