@@ -341,8 +341,6 @@ enum bd_opt_type {
 	BD_OPT_CHILD, /* a node: a node-name string or an inline node object */
 	BD_OPT_OBJ,
 	BD_OPT_STR_LIST, /* a list of strings ("x.0=a,x.1=b" on the command line) */
-	BD_OPT_ANY,	 /* any JSON value, checked by the driver (e.g. a list of objects:
-			  * "x.0.a=1,x.1.a=2" on the command line) */
 	BD_OPT_LIST,     /* a list of anything, e.g. objects ("x.0.host=a,x.0.port=1"); the
 			  * driver validates the elements (QEMU's server lists) */
 };

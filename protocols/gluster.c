@@ -700,7 +700,7 @@ static const struct bd_opt_desc gl_options[] = {
      "path and server)"},
     {"volume", BD_OPT_STR, false, NULL, "name of the gluster volume"},
     {"path", BD_OPT_STR, false, NULL, "path of the image file in the volume"},
-    {"server", BD_OPT_ANY, false, NULL,
+    {"server", BD_OPT_LIST, false, NULL,
      "list of volfile servers: {type: inet, host, port (default 24007)} or {type: unix, "
      "path}"},
     {"debug", BD_OPT_INT, false, NULL, "gfapi log level 0..9 (default 4: warnings)"},

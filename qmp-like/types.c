@@ -559,7 +559,6 @@ const struct qmp_type *qmp_opt_type(const struct bd_opt_desc *o, struct qmp_type
 		return &qmp_t_dict;
 	case BD_OPT_STR_LIST:
 		return &qmp_t_str_list;
-	case BD_OPT_ANY:
 	case BD_OPT_LIST:
 		return &qmp_t_any;
 	}
