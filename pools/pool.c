@@ -149,7 +149,7 @@ int bd_pool_run(const char *const argv[], char *out, size_t outlen)
 	return bd_pool_run2(argv, out, outlen, NULL, 0);
 }
 
-static int run_checked(const char *const argv[], struct bd_err *err)
+int bd_pool_run_checked(const char *const argv[], struct bd_err *err)
 {
 	char out[1024];
 	int r = bd_pool_run(argv, out, sizeof(out));
@@ -222,7 +222,7 @@ static int remove_durable(const char *dir, const char *name)
 	return 0;
 }
 
-static int mkdir_p(const char *path, mode_t mode)
+int bd_pool_mkdir_p(const char *path, mode_t mode)
 {
 	char buf[4096];
 	snprintf(buf, sizeof(buf), "%s", path);
@@ -378,7 +378,7 @@ static void unlink_pool(struct pool *p)
 	pool_free(p);
 }
 
-static void norm_path(const char *in, char *out, size_t len)
+void bd_pool_norm_path(const char *in, char *out, size_t len)
 {
 	char *rp = realpath(in, NULL);
 	snprintf(out, len, "%s", rp ? rp : in);
@@ -401,8 +401,8 @@ static int check_duplicate(const struct bd_pool_def *d, const struct pool *self,
 		bool file_b =
 		    !strcmp(o->type, "dir") || !strcmp(o->type, "fs") || !strcmp(o->type, "netfs");
 		if (file_a && file_b && d->target_path && o->target_path) {
-			norm_path(d->target_path, a, sizeof(a));
-			norm_path(o->target_path, b, sizeof(b));
+			bd_pool_norm_path(d->target_path, a, sizeof(a));
+			bd_pool_norm_path(o->target_path, b, sizeof(b));
 			if (!strcmp(a, b))
 				return bd_err_set(err, -EEXIST,
 						  "Storage source conflict with pool: '%s' (target "
@@ -411,8 +411,8 @@ static int check_duplicate(const struct bd_pool_def *d, const struct pool *self,
 		}
 		for (size_t i = 0; i < d->source.ndevices; i++)
 			for (size_t j = 0; j < o->source.ndevices; j++) {
-				norm_path(d->source.devices[i], a, sizeof(a));
-				norm_path(o->source.devices[j], b, sizeof(b));
+				bd_pool_norm_path(d->source.devices[i], a, sizeof(a));
+				bd_pool_norm_path(o->source.devices[j], b, sizeof(b));
 				if (!strcmp(a, b))
 					return bd_err_set(err, -EEXIST,
 							  "Storage source conflict with pool: '%s' "
@@ -525,7 +525,7 @@ static int unsupported(struct pool *p, struct bd_err *err)
 			  p->def->type, types, p->def->name);
 }
 
-static void update_space(struct pool *p)
+void bd_pool_update_space(struct pool *p)
 {
 	struct statvfs sv;
 	if (p->def->target_path && statvfs(p->def->target_path, &sv) == 0) {
@@ -534,185 +534,6 @@ static void update_space(struct pool *p)
 		p->def->allocation = ((uint64_t)sv.f_blocks - sv.f_bfree) * sv.f_frsize;
 	}
 }
-
-/* ---- the dir backend ---- */
-
-static int dir_build(struct pool *p, enum bd_pool_build_mode mode, struct bd_err *err)
-{
-	const struct bd_pool_perms *pm = &p->def->perms;
-	mode_t m = pm->mode >= 0 ? (mode_t)pm->mode : 0711;
-	int r = mkdir_p(p->def->target_path, m);
-	if (r < 0)
-		return bd_err_set(err, r, "cannot create directory '%s': %s", p->def->target_path,
-				  strerror(-r));
-	if (pm->mode >= 0 && chmod(p->def->target_path, m) < 0)
-		return bd_err_set(err, -errno, "cannot set mode of '%s': %s", p->def->target_path,
-				  strerror(errno));
-	if ((pm->owner >= 0 || pm->group >= 0) &&
-	    chown(p->def->target_path, (uid_t)pm->owner, (gid_t)pm->group) < 0)
-		return bd_err_set(err, -errno, "cannot set owner of '%s': %s", p->def->target_path,
-				  strerror(errno));
-	return 0;
-}
-
-static int dir_start(struct pool *p, struct bd_err *err)
-{
-	struct stat st;
-	if (stat(p->def->target_path, &st) < 0)
-		return bd_err_set(err, -errno,
-				  "cannot open directory '%s': %s (build the pool "
-				  "first)",
-				  p->def->target_path, strerror(errno));
-	if (!S_ISDIR(st.st_mode))
-		return bd_err_set(err, -ENOTDIR, "'%s' is not a directory", p->def->target_path);
-	return 0;
-}
-
-static int dir_delete(struct pool *p, struct bd_err *err)
-{
-	if (rmdir(p->def->target_path) < 0 && errno != ENOENT)
-		return bd_err_set(err, -errno, "cannot remove directory '%s': %s",
-				  p->def->target_path, strerror(errno));
-	return 0;
-}
-
-static int dir_refresh(struct pool *p, struct bd_err *err)
-{
-	int r = bd_pool_dir_refresh(p, err);
-	update_space(p);
-	return r;
-}
-
-const struct pool_backend bd_pool_backend_dir = {
-    .type = "dir",
-    .buildable = true,
-    .file_vols = true,
-    .build = dir_build,
-    .start = dir_start,
-    .delete = dir_delete,
-    .refresh = dir_refresh,
-    .vol_create = bd_pool_dir_vol_create,
-    .vol_delete = bd_pool_dir_vol_delete,
-    .vol_resize = bd_pool_dir_vol_resize,
-};
-
-/* ---- the fs backend: a file system on a block device, mounted on the target ---- */
-
-static const char *fs_format(struct pool *p)
-{
-	const char *f = p->def->source.format;
-	return f && strcmp(f, "auto") ? f : NULL;
-}
-
-/* The file system type on dev ("" when none is found), or -errno. */
-static int probe_fs(const char *dev, char *out, size_t len, struct bd_err *err)
-{
-	const char *argv[] = {"blkid", "-p", "-o", "value", "-s", "TYPE", dev, NULL};
-	int r = bd_pool_run(argv, out, len);
-	if (r == -ENOENT)
-		return bd_err_set(err, -ENOENT, "cannot run 'blkid': not installed");
-	if (r == 2 || (r == 0 && !out[0])) {
-		/* no signature; blkid -p also reports partition tables as PTTYPE */
-		out[0] = '\0';
-		return 0;
-	}
-	if (r != 0)
-		return bd_err_set(err, -EIO, "cannot probe '%s': %s", dev, out);
-	return 0;
-}
-
-static bool fs_mounted(const char *target)
-{
-	char want[4096], line[8192];
-	bool found = false;
-	FILE *f = fopen("/proc/self/mounts", "re");
-	norm_path(target, want, sizeof(want));
-	if (!f)
-		return false;
-	while (fgets(line, sizeof(line), f)) {
-		char dev[4096], mnt[4096];
-		if (sscanf(line, "%4095s %4095s", dev, mnt) == 2 && !strcmp(mnt, want))
-			found = true;
-	}
-	fclose(f);
-	return found;
-}
-
-static int fs_build(struct pool *p, enum bd_pool_build_mode mode, struct bd_err *err)
-{
-	const char *dev = p->def->source.devices[0];
-	const char *fmt = fs_format(p) ? fs_format(p) : "ext4";
-	char found[256];
-	char mkfs[64];
-	int r;
-
-	if ((r = dir_build(p, mode, err)) < 0)
-		return r;
-	if (fs_mounted(p->def->target_path))
-		return bd_err_set(err, -EBUSY, "'%s' is mounted: destroy the pool before building",
-				  p->def->target_path);
-	if (mode != BD_BUILD_OVERWRITE) {
-		if ((r = probe_fs(dev, found, sizeof(found), err)) < 0)
-			return r;
-		if (found[0])
-			return bd_err_set(err, -EEXIST,
-					  "Storage pool already built: device '%s' already "
-					  "contains a '%s' file system (use overwrite to "
-					  "replace it)",
-					  dev, found);
-	}
-	snprintf(mkfs, sizeof(mkfs), "mkfs.%s", fmt);
-	if (!strcmp(fmt, "xfs")) {
-		const char *argv[] = {mkfs, "-q", "-f", dev, NULL};
-		return run_checked(argv, err);
-	}
-	if (!strncmp(fmt, "ext", 3)) {
-		const char *argv[] = {
-		    mkfs, "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", dev, NULL};
-		return run_checked(argv, err);
-	}
-	const char *argv[] = {mkfs, dev, NULL};
-	return run_checked(argv, err);
-}
-
-static int fs_start(struct pool *p, struct bd_err *err)
-{
-	int r;
-	if ((r = dir_start(p, err)) < 0)
-		return r;
-	if (fs_mounted(p->def->target_path))
-		return 0;
-	if (fs_format(p)) {
-		const char *argv[] = {
-		    "mount", "-t", fs_format(p), p->def->source.devices[0], p->def->target_path,
-		    NULL};
-		return run_checked(argv, err);
-	}
-	const char *argv[] = {"mount", p->def->source.devices[0], p->def->target_path, NULL};
-	return run_checked(argv, err);
-}
-
-static int fs_stop(struct pool *p, struct bd_err *err)
-{
-	if (!fs_mounted(p->def->target_path))
-		return 0;
-	const char *argv[] = {"umount", p->def->target_path, NULL};
-	return run_checked(argv, err);
-}
-
-const struct pool_backend bd_pool_backend_fs = {
-    .type = "fs",
-    .buildable = true,
-    .file_vols = true,
-    .build = fs_build,
-    .start = fs_start,
-    .stop = fs_stop,
-    .delete = dir_delete,
-    .refresh = dir_refresh,
-    .vol_create = bd_pool_dir_vol_create,
-    .vol_delete = bd_pool_dir_vol_delete,
-    .vol_resize = bd_pool_dir_vol_resize,
-};
 
 /* ---- lifecycle ---- */
 
@@ -1118,7 +939,7 @@ char *bd_pool_find_sources(const char *type, const char *spec, struct bd_err *er
 		for (char *save, *line = strtok_r(out, "\n", &save); line;
 		     line = strtok_r(NULL, "\n", &save)) {
 			char fmt[64];
-			if (probe_fs(line, fmt, sizeof(fmt), NULL) < 0 || !fmt[0])
+			if (bd_pool_probe_fs(line, fmt, sizeof(fmt), NULL) < 0 || !fmt[0])
 				continue;
 			fprintf(f, "  <source>\n    <device path='");
 			for (char *c = line; *c; c++)
@@ -1187,12 +1008,12 @@ int bd_pools_init(const char *dir, struct bd_err *err)
 	struct dirent *de;
 
 	snprintf(path, sizeof(path), "%s/pools", dir);
-	if ((r = mkdir_p(path, 0700)) < 0)
+	if ((r = bd_pool_mkdir_p(path, 0700)) < 0)
 		return bd_err_set(err, r, "cannot create state directory '%s': %s", path,
 				  strerror(-r));
 	state_dir = strdup(path);
 	snprintf(path, sizeof(path), "%s/pools/autostart", dir);
-	if ((r = mkdir_p(path, 0700)) < 0)
+	if ((r = bd_pool_mkdir_p(path, 0700)) < 0)
 		return bd_err_set(err, r, "cannot create state directory '%s': %s", path,
 				  strerror(-r));
 	auto_dir = strdup(path);

@@ -105,6 +105,16 @@ const char *bd_pool_state_name(enum pool_state s);
 struct pool *bd_pool_lookup_running(const char *key, struct bd_err *err);
 /* Iterate every pool: first, then p->next. */
 struct pool *bd_pool_first(void);
+/* pool.c: helpers the backends share */
+int bd_pool_mkdir_p(const char *path, mode_t mode);
+/* Run argv: 0, -ENOENT if it is not installed, -EIO with its output in err if it fails. */
+int bd_pool_run_checked(const char *const argv[], struct bd_err *err);
+/* path resolved (realpath when it exists) without trailing slashes, for comparisons */
+void bd_pool_norm_path(const char *in, char *out, size_t len);
+/* Capacity/allocation/available of p from statvfs of its target. */
+void bd_pool_update_space(struct pool *p);
+/* dirfs.c: the file system on dev (blkid's TYPE), "" if none; -errno if dev cannot be read. */
+int bd_pool_probe_fs(const char *dev, char *out, size_t len, struct bd_err *err);
 /* vol.c: the file-based backends' volume operations and refresh (dir and fs pools) */
 int bd_pool_dir_refresh(struct pool *p, struct bd_err *err);
 int bd_pool_dir_vol_create(struct pool *p, struct bd_vol_def *def,
