@@ -19,12 +19,14 @@
 #   --dir DIR       where the images go (default var/bench)
 #   --blockd PATH   the daemon (default $BLOCKD, else build/blockd)
 #   --markdown FILE also write the table as markdown
+#   --jobs LIST     space-separated jobs to run (default: all four; e.g. "randwrite-4k-qd1 randwrite-4k-qd32")
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 runtime=10 ramp=2 repeat=1 size=1G wsize=64G cache=writeback dir=$root/var/bench
 blockd=${BLOCKD:-$root/build/blockd} markdown=""
+jobs="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32"
 usage()
 {
 	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
 	--dir) dir=$2; shift ;;
 	--blockd) blockd=$2; shift ;;
 	--markdown) markdown=$2; shift ;;
+	--jobs) jobs=$2; shift ;;
 	-h | --help) usage 0 ;;
 	*) echo "qcow2-compare.sh: unknown option '$1'" >&2; usage 1 >&2 ;;
 	esac
@@ -171,7 +174,6 @@ declare -A cases=(
 	[randwrite-4k-qd1]="blockd:empty qsd:empty"
 	[randwrite-4k-qd32]="blockd:empty qsd:empty"
 )
-jobs="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32"
 for ((rep = 1; rep <= repeat; rep++)); do
 	for j in $jobs; do
 		read -r -a cl <<<"${cases[$j]}"
