@@ -384,6 +384,12 @@ int q2_mp_step(struct q2_req *qr)
 	case ST_MP_P1: {
 		/* Data (with copy-on-write), refcount blocks, a new L2 table: in parallel. */
 		qr->st = ST_MP_P1_DONE;
+		if (qr->in_grp) {
+			/* planned: the group may write the refcounts while the data is written */
+			qr->g_ready = true;
+			s->g_wait--;
+			s->g_data++;
+		}
 		if (qr->dwrite)
 			q2_sub_io(qr, s->file, BD_OP_WRITE, qr->dhost, qr->dlen, qr->iov,
 				  qr->diovcnt, 0);
@@ -397,19 +403,24 @@ int q2_mp_step(struct q2_req *qr)
 			mv[nrb].iov_len = s->cs;
 			q2_sub_io(qr, s->file, BD_OP_WRITE, qr->newl2, s->cs, &mv[nrb], 1, 0);
 		}
+		if (qr->in_grp)
+			grp_check(s);
 		return qr->pending ? 1 : 2;
 	}
 	case ST_MP_P1_DONE:
-		if (qr->err)
-			return qr->err;
 		if (qr->in_grp) {
-			/* planned, data written: the group commits it with the others */
-			qr->g_ready = true;
+			/* data written: the group flushes once every member's data is written */
+			s->g_data--;
+			if (!s->g_data && s->g_commit && s->grpq->st == ST_G_RB_DONE &&
+			    !s->grpq->pending)
+				q2_wake(s->grpq);
+			if (qr->err)
+				return qr->err; /* leaves the group: its entries are not written */
 			qr->st = ST_G_WAIT;
-			s->g_wait--;
-			grp_check(s);
 			return 1;
 		}
+		if (qr->err)
+			return qr->err;
 		qr->st = ST_MP_P2_DONE;
 		if (qr->incr && !s->lazy)
 			q2_sub_io(qr, s->file, BD_OP_FLUSH, 0, 0, NULL, 0, 0);
@@ -912,7 +923,7 @@ static void grp_begin(struct q2 *s)
 		s->grpq->is_grp = true;
 	}
 	s->lock_owner = s->grpq;
-	s->gm_n = s->g_wait = s->g_nl1 = 0;
+	s->gm_n = s->g_wait = s->g_nl1 = s->g_data = 0;
 	s->g_bytes = 0;
 	s->g_commit = false;
 }
@@ -976,7 +987,7 @@ static void grp_end(struct q2 *s)
 {
 	struct q2_req *w, *next;
 
-	s->gm_n = s->g_wait = s->g_nl1 = 0;
+	s->gm_n = s->g_wait = s->g_nl1 = s->g_data = 0;
 	s->g_bytes = 0;
 	s->g_commit = false;
 	/* pinned slots are free again for anyone waiting for a slot */
@@ -1145,6 +1156,8 @@ void q2_grp_run(struct q2_req *gq)
 			return;
 		/* fall through */
 	case ST_G_RB_DONE:
+		if (s->g_data)
+			return; /* woken by the last member whose data is written */
 		if (gq->err) {
 			grp_finish(gq, gq->err);
 			return;

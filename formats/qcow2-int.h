@@ -108,7 +108,8 @@ struct q2 {
 	struct q2_req *grpq;           /* the group's pseudo request (owns the lock) */
 	struct q2_req *gm[Q2_GRP_MAX]; /* members */
 	unsigned gm_n;                 /* members */
-	unsigned g_wait;               /* members still planning or writing their data */
+	unsigned g_wait;               /* members still planning */
+	unsigned g_data;               /* members whose data writes are in flight */
 	unsigned g_nl1;                /* distinct L1 indexes of the members (pinned tables) */
 	uint64_t g_bytes;              /* bytes the members may allocate */
 	bool g_commit;                 /* the commit (refcounts, flush, L2) is running */
@@ -195,7 +196,7 @@ struct q2_req {
 	bool waiting_lock;
 	bool batch;          /* waits for the lock to join a group commit */
 	bool in_grp;         /* a member of the running group */
-	bool g_ready;        /* planned and data written: waits for the group's commit */
+	bool g_ready;        /* planned: its refcounts may be written */
 	bool is_grp;         /* the group's pseudo request */
 	uint64_t g_l1i, g_c0, g_c1, g_bytes; /* what a member may change: L1 index, clusters */
 	bool comp;           /* this write range is planned compressed */
