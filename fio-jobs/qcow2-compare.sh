@@ -189,8 +189,10 @@ python3 - "$results" "$markdown" "$size" "$wsize" "$cache" "$runtime" "$repeat" 
 import statistics, sys
 results, mdfile, size, wsize, cache, runtime, repeat, qsdv = sys.argv[1:9]
 vals = {}
+ran = set()
 for line in open(results):
     job, case, rep, v = line.rstrip("\n").split("\t")
+    ran.add(job)
     if v != "FAIL":
         vals.setdefault((job, case), []).append(float(v))
 def m(job, case):
@@ -201,9 +203,13 @@ def r(a, b):
     return "-" if a is None or b is None or not b else "%.2f" % (a / b)
 rows = [("job", "blockd raw", "blockd qcow2", "qsd qcow2", "qcow2/raw (blockd)", "blockd/qsd (qcow2)")]
 for job in ("randread-4k-qd1", "randread-4k-qd32"):
+    if job not in ran:
+        continue  # not run (--jobs)
     a, b, c = m(job, "blockd:raw"), m(job, "blockd:alloc"), m(job, "qsd:alloc")
     rows.append((job + " (allocated)", f(a), f(b), f(c), r(b, a), r(b, c)))
 for job in ("randwrite-4k-qd1", "randwrite-4k-qd32"):
+    if job not in ran:
+        continue
     b, c = m(job, "blockd:empty"), m(job, "qsd:empty")
     rows.append((job + " (unallocated)", "-", f(b), f(c), "-", r(b, c)))
 w = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]

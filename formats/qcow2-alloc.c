@@ -14,7 +14,9 @@
  * (or the L1 entry of a new L2 table).  Refcount decrements are queued and applied only when no
  * request that may still use the old mapping is active, after a flush, so an L2 entry on disk
  * never points at a cluster whose refcount on disk is zero.  One metadata program runs at a
- * time (the metadata lock); reads and in-place writes run beside it.
+ * time (the metadata lock); reads and in-place writes run beside it.  Plain allocating writes
+ * hold the lock as a group (group commit, below): their data, refcounts and new tables are
+ * written side by side, flushed once, then all their L2/L1 entries are written.
  */
 #include "formats/qcow2-int.h"
 
