@@ -19,12 +19,14 @@
 #   --dir DIR       where the images go (default var/bench)
 #   --blockd PATH   the daemon (default $BLOCKD, else build/blockd)
 #   --markdown FILE also write the table as markdown
+#   --jobs LIST     space-separated jobs to run (default: all four; e.g. "randwrite-4k-qd1 randwrite-4k-qd32")
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 runtime=10 ramp=2 repeat=1 size=1G wsize=64G cache=writeback dir=$root/var/bench
 blockd=${BLOCKD:-$root/build/blockd} markdown=""
+jobs="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32"
 usage()
 {
 	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
 	--dir) dir=$2; shift ;;
 	--blockd) blockd=$2; shift ;;
 	--markdown) markdown=$2; shift ;;
+	--jobs) jobs=$2; shift ;;
 	-h | --help) usage 0 ;;
 	*) echo "qcow2-compare.sh: unknown option '$1'" >&2; usage 1 >&2 ;;
 	esac
@@ -171,7 +174,6 @@ declare -A cases=(
 	[randwrite-4k-qd1]="blockd:empty qsd:empty"
 	[randwrite-4k-qd32]="blockd:empty qsd:empty"
 )
-jobs="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32"
 for ((rep = 1; rep <= repeat; rep++)); do
 	for j in $jobs; do
 		read -r -a cl <<<"${cases[$j]}"
@@ -187,8 +189,10 @@ python3 - "$results" "$markdown" "$size" "$wsize" "$cache" "$runtime" "$repeat" 
 import statistics, sys
 results, mdfile, size, wsize, cache, runtime, repeat, qsdv = sys.argv[1:9]
 vals = {}
+ran = set()
 for line in open(results):
     job, case, rep, v = line.rstrip("\n").split("\t")
+    ran.add(job)
     if v != "FAIL":
         vals.setdefault((job, case), []).append(float(v))
 def m(job, case):
@@ -199,9 +203,13 @@ def r(a, b):
     return "-" if a is None or b is None or not b else "%.2f" % (a / b)
 rows = [("job", "blockd raw", "blockd qcow2", "qsd qcow2", "qcow2/raw (blockd)", "blockd/qsd (qcow2)")]
 for job in ("randread-4k-qd1", "randread-4k-qd32"):
+    if job not in ran:
+        continue  # not run (--jobs)
     a, b, c = m(job, "blockd:raw"), m(job, "blockd:alloc"), m(job, "qsd:alloc")
     rows.append((job + " (allocated)", f(a), f(b), f(c), r(b, a), r(b, c)))
 for job in ("randwrite-4k-qd1", "randwrite-4k-qd32"):
+    if job not in ran:
+        continue
     b, c = m(job, "blockd:empty"), m(job, "qsd:empty")
     rows.append((job + " (unallocated)", "-", f(b), f(c), "-", r(b, c)))
 w = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]

@@ -17,6 +17,10 @@
 
 struct q2_req;
 
+#define Q2_MAX_EXTENTS_SUB 64
+#define Q2_GRP_MAX 64             /* allocating writes in one group commit */
+#define Q2_GRP_BYTES (8ull << 20) /* bytes they may allocate together */
+
 /* One L2 table in the cache (owner loop only). */
 struct q2_l2slot {
 	uint64_t off;    /* host offset of the table; 0 = slot unused */
@@ -98,6 +102,18 @@ struct q2 {
 	struct q2_req *freeq; /* the free program's pseudo request */
 	atomic_bool free_running;
 
+	/* Group commit (qcow2-alloc.c): while the lock is held by grpq, the allocating writes in
+	 * gm[] plan and write their data side by side and share one refcount write, one flush and
+	 * one round of L2/L1 writes. */
+	struct q2_req *grpq;           /* the group's pseudo request (owns the lock) */
+	struct q2_req *gm[Q2_GRP_MAX]; /* members */
+	unsigned gm_n;                 /* members */
+	unsigned g_wait;               /* members still planning */
+	unsigned g_data;               /* members whose data writes are in flight */
+	unsigned g_nl1;                /* distinct L1 indexes of the members (pinned tables) */
+	uint64_t g_bytes;              /* bytes the members may allocate */
+	bool g_commit;                 /* the commit (refcounts, flush, L2) is running */
+
 	/* Compressed writes: where the next one may be packed (0 = start a new cluster). */
 	uint64_t comp_next;
 
@@ -109,7 +125,6 @@ struct q2 {
 	uint8_t hdr_buf[512];
 };
 
-#define Q2_MAX_EXTENTS_SUB 64
 #define Q2_MIN_SLOTS 16 /* L2 cache tables at least */
 
 struct q2_refs;
@@ -143,6 +158,14 @@ enum q2_st {
 	ST_B_BACKING_DONE,
 	/* flush */
 	ST_F_DONE,
+	/* group commit: a member waiting for the commit, a member whose program is done */
+	ST_G_WAIT,
+	ST_G_DONE,
+	/* group commit: the group's pseudo request */
+	ST_G_START,
+	ST_G_RB_DONE,
+	ST_G_FLUSHED,
+	ST_G_L2_DONE,
 	/* free program */
 	ST_FP_START,
 	ST_FP_FLUSHED,
@@ -171,6 +194,11 @@ struct q2_req {
 	bool counted;
 	bool in_submit;      /* running inside q2_submit(): complete later */
 	bool waiting_lock;
+	bool batch;          /* waits for the lock to join a group commit */
+	bool in_grp;         /* a member of the running group */
+	bool g_ready;        /* planned: its refcounts may be written */
+	bool is_grp;         /* the group's pseudo request */
+	uint64_t g_l1i, g_c0, g_c1, g_bytes; /* what a member may change: L1 index, clusters */
 	bool comp;           /* this write range is planned compressed */
 	uint64_t comp_skip;  /* pos + 1 of a cluster that did not compress (written plainly) */
 	struct q2_req *next;
@@ -269,6 +297,12 @@ uint64_t q2_rc_get(struct q2 *s, uint64_t ci);
 int q2_rc_set(struct q2 *s, uint64_t ci, uint64_t v);
 const char *q2_meta_overlap(struct q2 *s, uint64_t off, uint64_t len);
 bool q2_lock_take(struct q2_req *qr);
+/* Group commit of allocating writes: join (true: a member now, false: queued, woken as a
+ * member in the state it has), leave before the commit (in place after all, or failed), run the
+ * group's pseudo request. */
+bool q2_grp_join(struct q2_req *qr);
+void q2_grp_leave(struct q2_req *qr);
+void q2_grp_run(struct q2_req *gq);
 void q2_maybe_free(struct q2 *s);
 void q2_lock_release(struct q2 *s);
 bool q2_in_place(struct q2 *s, const struct q2_l2e *e);

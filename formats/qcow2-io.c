@@ -172,6 +172,7 @@ static void finish(struct q2_req *qr, int ret)
 	free(qr->ents);
 	free(qr->fr);
 	qr->ret = ret;
+	q2_grp_leave(qr);
 	if (s->lock_owner == qr)
 		q2_lock_release(s);
 	if (qr->counted) {
@@ -515,7 +516,14 @@ static int write_step(struct q2_req *qr)
 					return 0;
 				return qr->err ? qr->err : -EIO;
 			}
-			/* Needs an allocation: under the metadata lock, looking up again. */
+			/* Needs an allocation: under the metadata lock, looking up again; a plain
+			 * write joins a group commit (qcow2-alloc.c). */
+			if (qr->req->op == BD_OP_WRITE && s->lock_owner != qr) {
+				qr->st = ST_A_PLAN;
+				if (!q2_grp_join(qr))
+					return 0;
+				continue;
+			}
 			if (!q2_lock_take(qr))
 				return 0;
 			qr->st = ST_A_PLAN;
@@ -546,6 +554,7 @@ static int write_step(struct q2_req *qr)
 					s->slots[qr->slot].pins--;
 					qr->slot = -1;
 				}
+				q2_grp_leave(qr); /* writable in place now */
 				qr->st = ST_W_NEXT;
 				continue;
 			}
@@ -841,6 +850,10 @@ static void run(struct q2_req *qr)
 	struct q2 *s = qr->s;
 	int r;
 
+	if (qr->is_grp) {
+		q2_grp_run(qr);
+		return;
+	}
 	if (!qr->req) {
 		q2_fp_run(qr);
 		return;
@@ -916,6 +929,16 @@ static void run(struct q2_req *qr)
 				qr->st = qr->src ? ST_W_NEXT : ST_Z_NEXT;
 			else
 				qr->st = ST_D_NEXT;
+			continue;
+		case ST_G_WAIT:
+			return; /* the group commits and wakes it in ST_G_DONE */
+		case ST_G_DONE:
+			if (qr->err) {
+				finish(qr, qr->err);
+				return;
+			}
+			qr->pos += qr->chunk;
+			qr->st = ST_W_NEXT;
 			continue;
 		case ST_RB_WRITTEN:
 			if (qr->err) {

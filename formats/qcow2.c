@@ -308,6 +308,12 @@ static void q2_free_mem(struct q2 *s)
 		free(s->freeq->miov);
 		free(s->freeq);
 	}
+	if (s->grpq) {
+		free(s->grpq->iov);
+		free(s->grpq->miov);
+		free(s->grpq->mbuf);
+		free(s->grpq);
+	}
 	s->slots = NULL;
 	s->rb = NULL;
 	s->reft = NULL;
@@ -316,6 +322,7 @@ static void q2_free_mem(struct q2 *s)
 	s->frees = NULL;
 	s->dc_buf = NULL;
 	s->freeq = NULL;
+	s->grpq = NULL;
 }
 
 /* [control] What a writable open (or a reopen to read-write) does: repair a dirty image, keep
