@@ -431,6 +431,7 @@ int q2_mp_step(struct q2_req *qr)
 		if (qr->err)
 			return qr->err;
 		qr->st = ST_MP_P3_DONE;
+		s->l2_writing++; /* until ST_MP_P3_DONE: guest flushes wait */
 		struct iovec *v = q2_miov_need(qr, 1);
 		if (qr->newl2) {
 			mp_install_l2(qr);
@@ -440,8 +441,10 @@ int q2_mp_step(struct q2_req *qr)
 				hi = ((uint64_t)s->l1_size * 8 + 511) & ~511ull;
 			/* The L1 array is host order: write from a big-endian copy. */
 			uint8_t *be = malloc(hi - lo);
-			if (!be)
+			if (!be) {
+				q2_l2_written(s);
 				return -ENOMEM;
+			}
 			memset(be, 0, hi - lo);
 			for (uint64_t k = lo / 8; k < hi / 8 && k < s->l1_size; k++)
 				q2_put_be64(be + 8 * k - lo, s->l1[k]);
@@ -464,6 +467,7 @@ int q2_mp_step(struct q2_req *qr)
 		return qr->pending ? 1 : 2;
 	}
 	case ST_MP_P3_DONE:
+		q2_l2_written(s);
 		if (qr->err) {
 			/* The L2/L1 entry on disk is unknown: stop writing. */
 			q2_corrupt(s, UINT64_MAX, 0, true, "L2/L1 update failed (%s)",
@@ -1176,6 +1180,7 @@ void q2_grp_run(struct q2_req *gq)
 			return;
 		}
 		gq->st = ST_G_L2_DONE;
+		s->l2_writing++; /* until ST_G_L2_DONE: guest flushes wait */
 		r = grp_write_l2(gq);
 		if (r < 0 && !gq->err)
 			gq->err = r;
@@ -1183,6 +1188,7 @@ void q2_grp_run(struct q2_req *gq)
 			return;
 		/* fall through */
 	case ST_G_L2_DONE:
+		q2_l2_written(s);
 		free(gq->mbuf);
 		gq->mbuf = NULL;
 		if (gq->err) {

@@ -106,6 +106,11 @@ struct q2 {
 	 * gm[] plan and write their data side by side and share one refcount write, one flush and
 	 * one round of L2/L1 writes. */
 	struct q2_req *grpq;           /* the group's pseudo request (owns the lock) */
+	/* Programs whose L2/L1 entries are set in memory but may not be on disk yet: a guest
+	 * flush waits for them (else an in-place write to a new cluster, acknowledged and
+	 * flushed, could lose its mapping in a crash). */
+	unsigned l2_writing;
+	struct q2_req *flush_parked;
 	struct q2_req *gm[Q2_GRP_MAX]; /* members */
 	unsigned gm_n;                 /* members */
 	unsigned g_wait;               /* members still planning */
@@ -305,6 +310,8 @@ void q2_grp_leave(struct q2_req *qr);
 void q2_grp_run(struct q2_req *gq);
 void q2_maybe_free(struct q2 *s);
 void q2_lock_release(struct q2 *s);
+/* qcow2-io.c: one L2 write phase ended; start the flushes that waited for it. */
+void q2_l2_written(struct q2 *s);
 bool q2_in_place(struct q2 *s, const struct q2_l2e *e);
 int q2_alloc_find(struct q2 *s, uint64_t want, uint64_t *first, uint64_t *got,
 		  uint64_t *need_rb);

@@ -777,6 +777,22 @@ static int bs_step(struct q2_req *qr)
 
 /* ---- the dispatcher ---- */
 
+static void start(struct q2_req *qr);
+
+void q2_l2_written(struct q2 *s)
+{
+	if (--s->l2_writing)
+		return;
+	struct q2_req *list = s->flush_parked;
+	s->flush_parked = NULL;
+	while (list) {
+		struct q2_req *qr = list;
+		list = qr->next;
+		qr->next = NULL;
+		start(qr);
+	}
+}
+
 static void start(struct q2_req *qr)
 {
 	struct q2 *s = qr->s;
@@ -785,6 +801,11 @@ static void start(struct q2_req *qr)
 	if (!s->och)
 		s->och = bd_node_chan(s->node, s->owner);
 	if (req->op == BD_OP_FLUSH) {
+		if (s->l2_writing) {
+			qr->next = s->flush_parked;
+			s->flush_parked = qr;
+			return; /* q2_l2_written() starts it */
+		}
 		qr->st = ST_F_DONE;
 		q2_sub_io(qr, s->file, BD_OP_FLUSH, 0, 0, NULL, 0, 0);
 		if (!qr->pending)

@@ -757,7 +757,9 @@ static void test_create(void)
 	}
 	/* refused options */
 	snprintf(img, sizeof(img), "%s/bad.qcow2", dir);
-	CHECK(create_img(img, ", \"size\": 1048576, \"extended-l2\": true") < 0, "extl2");
+	CHECK(create_img(img, ", \"size\": 1048576, \"extended-l2\": true, \"cluster-size\": 4096") <
+		      0,
+	      "extl2 with 4k clusters");
 	CHECK(create_img(img, ", \"size\": 1048576, \"version\": \"v2\", \"lazy-refcounts\": true") <
 		      0,
 	      "v2 lazy");
