@@ -24,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define Q2_MAX_RUN_CLUSTERS 512      /* clusters per allocation program */
 #define Q2_FREE_BARRIER 4096         /* pending frees before new requests wait */
 
 
@@ -112,7 +111,6 @@ const char *q2_meta_overlap(struct q2 *s, uint64_t off, uint64_t len)
 /* ---- the metadata lock and pending frees ---- */
 
 static void fp_start(struct q2 *s);
-static void grp_form(struct q2 *s);
 
 void q2_wake_stalled(struct q2 *s)
 {
@@ -161,7 +159,7 @@ void q2_lock_release(struct q2 *s)
 		return;
 	w = s->lock_head;
 	if (w && w->batch) {
-		grp_form(s);
+		q2_grp_form(s);
 		return;
 	}
 	if (w) {
@@ -300,7 +298,7 @@ int q2_rb_create(struct q2_req *qr)
 }
 
 /* Write the dirty ranges of refcount blocks (rounded to 512 bytes). */
-static void write_rb_dirty(struct q2_req *qr)
+void q2_write_rb_dirty(struct q2_req *qr)
 {
 	struct q2 *s = qr->s;
 	struct iovec *v = q2_miov_need(qr, (int)s->rbd_n + 1);
@@ -321,7 +319,7 @@ static void write_rb_dirty(struct q2_req *qr)
 
 /* Install a program's new L2 table in the cache (the pinned copy source's slot, or any free
  * slot) and point the in-memory L1 entry at it. */
-static void mp_install_l2(struct q2_req *qr)
+void q2_mp_install_l2(struct q2_req *qr)
 {
 	struct q2 *s = qr->s;
 	int slot = qr->slot;
@@ -346,7 +344,7 @@ static void mp_install_l2(struct q2_req *qr)
 }
 
 /* A program's L2/L1 entries are on disk: queue its frees, unpin, reset. */
-static void mp_done(struct q2_req *qr)
+void q2_mp_done(struct q2_req *qr)
 {
 	struct q2 *s = qr->s;
 
@@ -367,10 +365,9 @@ static void mp_done(struct q2_req *qr)
 	qr->incr = false;
 }
 
-static void grp_check(struct q2 *s);
 
 /* qr->ents holds esz / 8 words per entry (extended L2 entries: the entry, then the bitmap). */
-static void mp_set_entries(struct q2 *s, uint8_t *tab, struct q2_req *qr)
+void q2_mp_set_entries(struct q2 *s, uint8_t *tab, struct q2_req *qr)
 {
 	uint32_t w = s->esz / 8;
 	for (uint64_t k = 0; k < qr->nent; k++)
@@ -398,15 +395,15 @@ int q2_mp_step(struct q2_req *qr)
 		unsigned nrb = qr->in_grp ? 0 : s->rbd_n;
 		struct iovec *mv = q2_miov_need(qr, (int)nrb + 1);
 		if (!qr->in_grp)
-			write_rb_dirty(qr); /* uses mv[0 .. nrb); a group writes its own */
+			q2_write_rb_dirty(qr); /* uses mv[0 .. nrb); a group writes its own */
 		if (qr->newl2) {
-			mp_set_entries(s, qr->newtab, qr);
+			q2_mp_set_entries(s, qr->newtab, qr);
 			mv[nrb].iov_base = qr->newtab;
 			mv[nrb].iov_len = s->cs;
 			q2_sub_io(qr, s->file, BD_OP_WRITE, qr->newl2, s->cs, &mv[nrb], 1, 0);
 		}
 		if (qr->in_grp)
-			grp_check(s);
+			q2_grp_check(s);
 		return qr->pending ? 1 : 2;
 	}
 	case ST_MP_P1_DONE:
@@ -434,7 +431,7 @@ int q2_mp_step(struct q2_req *qr)
 		s->l2_writing++; /* until ST_MP_P3_DONE: guest flushes wait */
 		struct iovec *v = q2_miov_need(qr, 1);
 		if (qr->newl2) {
-			mp_install_l2(qr);
+			q2_mp_install_l2(qr);
 			uint64_t lo = (qr->l1i * 8) & ~511ull;
 			uint64_t hi = lo + 512;
 			if (hi > (uint64_t)s->l1_size * 8)
@@ -458,7 +455,7 @@ int q2_mp_step(struct q2_req *qr)
 			uint8_t *tab = s->slots[qr->slot].tab;
 			uint64_t lo = (qr->l2i * s->esz) & ~511ull;
 			uint64_t hi = ((qr->l2i + qr->nent) * s->esz + 511) & ~511ull;
-			mp_set_entries(s, tab, qr);
+			q2_mp_set_entries(s, tab, qr);
 			v[0].iov_base = tab + lo;
 			v[0].iov_len = hi - lo;
 			q2_sub_io(qr, s->file, BD_OP_WRITE, s->slots[qr->slot].off + lo, hi - lo,
@@ -474,7 +471,7 @@ int q2_mp_step(struct q2_req *qr)
 				   strerror(-qr->err));
 			return qr->err;
 		}
-		mp_done(qr);
+		q2_mp_done(qr);
 		return 3; /* program done */
 	default:
 		return -EIO;
@@ -850,361 +847,6 @@ int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unma
 	return 1;
 }
 
-/* ---- group commit of allocating writes ----
- *
- * While the metadata lock is held, allocating writes queue (q2_grp_join); when it frees, the
- * queued ones that fit (grp_fits) become the members of one group, woken together.  Each member
- * plans its program as before (clusters and new L2 tables taken in the in-memory refcounts, COW
- * read, new refcount blocks created on the way with their own write/flush/table ordering) and
- * writes its data (and a new L2 table) at once.  When every member is ready the group's pseudo
- * request writes the union of the dirty refcount sectors, flushes once, sets every member's
- * entries in the cached tables and writes each changed L2 sector and L1 sector once; then the
- * members complete their program.  So the ordering of docs/qcow2.md holds for each member:
- * data, refcounts and new tables are durable before any L2/L1 entry points at them.
- *
- * Members never touch the same guest cluster (their claimed ranges are disjoint) and a table
- * that is not ours alone yet (L1 entry empty or shared: a new table or a copy will be made) is
- * claimed by one member only; others wait for the next group.  At most half of the L2 cache's
- * slots are pinned by a group, so a member always finds a slot. */
-
-static void grp_claim(struct q2 *s, struct q2_req *qr)
-{
-	uint64_t off = qr->req->offset + qr->pos;
-	uint64_t rem = qr->end - qr->pos;
-	uint64_t tend = ((off >> s->l2shift) + 1) << s->l2shift;
-	uint64_t last = off + rem < tend ? off + rem : tend;
-	uint64_t maxb = (uint64_t)Q2_MAX_RUN_CLUSTERS << s->cb;
-
-	qr->g_l1i = off >> s->l2shift;
-	qr->g_c0 = off >> s->cb;
-	qr->g_c1 = (last - 1) >> s->cb;
-	qr->g_bytes = last - off < maxb ? last - off : maxb;
-}
-
-/* May qr join the group?  *new_l1: its L1 index is not a member's yet. */
-static bool grp_fits(struct q2 *s, struct q2_req *qr, bool *new_l1)
-{
-	unsigned max_l1 = s->nslots / 2 ? s->nslots / 2 : 1;
-	bool own = qr->g_l1i < s->l1_size && (s->l1[qr->g_l1i] & Q2_OFLAG_COPIED);
-
-	*new_l1 = true;
-	for (unsigned i = 0; i < s->gm_n; i++) {
-		struct q2_req *m = s->gm[i];
-		if (m->g_c0 <= qr->g_c1 && qr->g_c0 <= m->g_c1)
-			return false; /* the same guest cluster: serialized */
-		if (m->g_l1i == qr->g_l1i) {
-			if (!own)
-				return false; /* one member makes the new table */
-			*new_l1 = false;
-		}
-	}
-	if (s->gm_n == 0)
-		return true;
-	if (s->gm_n >= Q2_GRP_MAX || s->g_bytes + qr->g_bytes > Q2_GRP_BYTES)
-		return false;
-	return !*new_l1 || s->g_nl1 < max_l1;
-}
-
-static void grp_add(struct q2 *s, struct q2_req *qr, bool new_l1)
-{
-	s->gm[s->gm_n++] = qr;
-	s->g_wait++;
-	s->g_bytes += qr->g_bytes;
-	if (new_l1)
-		s->g_nl1++;
-	qr->in_grp = true;
-	qr->g_ready = false;
-	qr->batch = false;
-	qr->waiting_lock = false;
-}
-
-static void grp_begin(struct q2 *s)
-{
-	if (!s->grpq) {
-		s->grpq = calloc(1, sizeof(*s->grpq));
-		if (!s->grpq)
-			abort();
-		s->grpq->s = s;
-		s->grpq->slot = -1;
-		s->grpq->is_grp = true;
-	}
-	s->lock_owner = s->grpq;
-	s->gm_n = s->g_wait = s->g_nl1 = s->g_data = 0;
-	s->g_bytes = 0;
-	s->g_commit = false;
-}
-
-/* The lock is free and the first waiter is an allocating write: form a group of the queued
- * allocating writes that fit (up to the first other waiter) and wake them. */
-static void grp_form(struct q2 *s)
-{
-	struct q2_req **pp = &s->lock_head, *w, *prev = NULL;
-
-	grp_begin(s);
-	while ((w = *pp) && w->batch) {
-		bool new_l1;
-		if (grp_fits(s, w, &new_l1)) {
-			*pp = w->next;
-			if (s->lock_tail == w)
-				s->lock_tail = prev;
-			grp_add(s, w, new_l1);
-		} else {
-			prev = w;
-			pp = &w->next;
-		}
-	}
-	for (unsigned i = 0; i < s->gm_n; i++)
-		q2_wake(s->gm[i]);
-}
-
-bool q2_grp_join(struct q2_req *qr)
-{
-	struct q2 *s = qr->s;
-	bool new_l1;
-
-	if (qr->in_grp)
-		return true;
-	grp_claim(s, qr);
-	if (!s->lock_head && !atomic_load(&s->free_running)) {
-		if (!s->lock_owner) {
-			grp_begin(s);
-			grp_fits(s, qr, &new_l1);
-			grp_add(s, qr, new_l1);
-			return true;
-		}
-		/* a group still planning takes more members */
-		if (s->lock_owner == s->grpq && !s->g_commit && grp_fits(s, qr, &new_l1)) {
-			grp_add(s, qr, new_l1);
-			return true;
-		}
-	}
-	qr->next = NULL;
-	if (s->lock_tail)
-		s->lock_tail->next = qr;
-	else
-		s->lock_head = qr;
-	s->lock_tail = qr;
-	qr->waiting_lock = true;
-	qr->batch = true;
-	return false;
-}
-
-static void grp_end(struct q2 *s)
-{
-	struct q2_req *w, *next;
-
-	s->gm_n = s->g_wait = s->g_nl1 = s->g_data = 0;
-	s->g_bytes = 0;
-	s->g_commit = false;
-	/* pinned slots are free again for anyone waiting for a slot */
-	for (w = s->slot_waiters, s->slot_waiters = NULL; w; w = next) {
-		next = w->next;
-		q2_wake(w);
-	}
-	q2_lock_release(s);
-}
-
-/* Every member is ready (or gone): commit, or end an empty group. */
-static void grp_check(struct q2 *s)
-{
-	if (s->lock_owner != s->grpq || s->g_commit || s->g_wait)
-		return;
-	if (s->gm_n == 0) {
-		grp_end(s);
-		return;
-	}
-	s->g_commit = true;
-	s->grpq->st = ST_G_START;
-	s->grpq->err = 0;
-	q2_wake(s->grpq);
-}
-
-void q2_grp_leave(struct q2_req *qr)
-{
-	struct q2 *s = qr->s;
-
-	if (!qr->in_grp)
-		return;
-	qr->in_grp = false;
-	for (unsigned i = 0; i < s->gm_n; i++) {
-		if (s->gm[i] == qr) {
-			s->gm[i] = s->gm[--s->gm_n];
-			break;
-		}
-	}
-	if (!qr->g_ready)
-		s->g_wait--;
-	qr->g_ready = false;
-	grp_check(s);
-}
-
-/* Hand every member back to its request (err: the program failed), end the group. */
-static void grp_finish(struct q2_req *gq, int err)
-{
-	struct q2 *s = gq->s;
-
-	for (unsigned i = 0; i < s->gm_n; i++) {
-		struct q2_req *m = s->gm[i];
-		if (!err)
-			mp_done(m);
-		else if (!m->err)
-			m->err = err;
-		m->in_grp = false;
-		m->g_ready = false;
-		m->st = ST_G_DONE;
-		q2_wake(m);
-	}
-	grp_end(s);
-}
-
-struct q2_span {
-	uint64_t file; /* file offset */
-	uint8_t *mem;  /* bytes to write (NULL: an L1 sector, filled later) */
-	uint64_t len;
-};
-
-static int span_cmp(const void *a, const void *b)
-{
-	const struct q2_span *x = a, *y = b;
-	return x->file < y->file ? -1 : x->file > y->file;
-}
-
-/* Set every member's entries (and new tables' L1 entries) and write each changed L2/L1 sector
- * once. */
-static int grp_write_l2(struct q2_req *gq)
-{
-	struct q2 *s = gq->s;
-	struct q2_span *sp = malloc(s->gm_n * sizeof(*sp));
-	unsigned n = 0, m, nl1 = 0;
-
-	if (!sp)
-		return -ENOMEM;
-	for (unsigned i = 0; i < s->gm_n; i++) {
-		struct q2_req *qr = s->gm[i];
-		if (qr->newl2) {
-			mp_install_l2(qr);
-			sp[n++] = (struct q2_span){s->h.l1_table_offset + ((qr->l1i * 8) & ~511ull),
-						   NULL, 512};
-		} else {
-			uint8_t *tab = s->slots[qr->slot].tab;
-			uint64_t lo = (qr->l2i * s->esz) & ~511ull;
-			uint64_t hi = ((qr->l2i + qr->nent) * s->esz + 511) & ~511ull;
-			mp_set_entries(s, tab, qr);
-			sp[n++] = (struct q2_span){s->slots[qr->slot].off + lo, tab + lo, hi - lo};
-		}
-	}
-	/* Merge overlapping and adjacent ranges of the same table (or of the L1 table). */
-	qsort(sp, n, sizeof(*sp), span_cmp);
-	m = 0;
-	for (unsigned i = 0; i < n; i++) {
-		struct q2_span *p = m ? &sp[m - 1] : NULL;
-		if (p && !p->mem == !sp[i].mem && sp[i].file <= p->file + p->len &&
-		    (!p->mem || (uintptr_t)sp[i].mem - sp[i].file == (uintptr_t)p->mem - p->file)) {
-			uint64_t end = sp[i].file + sp[i].len;
-			if (end > p->file + p->len)
-				p->len = end - p->file;
-			continue;
-		}
-		sp[m++] = sp[i];
-	}
-	/* L1 sectors: big-endian copies of the in-memory table. */
-	uint64_t l1bytes = (uint64_t)s->l1_size * 8;
-	uint64_t l1total = 0;
-	for (unsigned i = 0; i < m; i++) {
-		if (sp[i].mem)
-			continue;
-		uint64_t lo = sp[i].file - s->h.l1_table_offset;
-		uint64_t hi = lo + sp[i].len;
-		if (hi > ((l1bytes + 511) & ~511ull))
-			hi = (l1bytes + 511) & ~511ull;
-		sp[i].len = hi - lo;
-		l1total += sp[i].len;
-		nl1++;
-	}
-	free(gq->mbuf);
-	gq->mbuf = NULL;
-	if (nl1) {
-		gq->mbuf = calloc(1, l1total);
-		if (!gq->mbuf) {
-			free(sp);
-			return -ENOMEM;
-		}
-	}
-	struct iovec *v = q2_miov_need(gq, (int)m);
-	uint8_t *be = gq->mbuf;
-	for (unsigned i = 0; i < m; i++) {
-		if (!sp[i].mem) {
-			uint64_t lo = sp[i].file - s->h.l1_table_offset;
-			for (uint64_t k = lo / 8; k < (lo + sp[i].len) / 8 && k < s->l1_size; k++)
-				q2_put_be64(be + 8 * k - lo, s->l1[k]);
-			sp[i].mem = be;
-			be += sp[i].len;
-		}
-		v[i] = (struct iovec){sp[i].mem, sp[i].len};
-	}
-	for (unsigned i = 0; i < m; i++)
-		q2_sub_io(gq, s->file, BD_OP_WRITE, sp[i].file, sp[i].len, &v[i], 1, 0);
-	free(sp);
-	return 0;
-}
-
-void q2_grp_run(struct q2_req *gq)
-{
-	struct q2 *s = gq->s;
-	int r;
-
-	switch (gq->st) {
-	case ST_G_START:
-		/* The refcounts of every member's clusters (and new tables, refcount blocks). */
-		gq->st = ST_G_RB_DONE;
-		write_rb_dirty(gq);
-		if (gq->pending)
-			return;
-		/* fall through */
-	case ST_G_RB_DONE:
-		if (s->g_data)
-			return; /* woken by the last member whose data is written */
-		if (gq->err) {
-			grp_finish(gq, gq->err);
-			return;
-		}
-		gq->st = ST_G_FLUSHED;
-		if (!s->lazy)
-			q2_sub_io(gq, s->file, BD_OP_FLUSH, 0, 0, NULL, 0, 0);
-		if (gq->pending)
-			return;
-		/* fall through */
-	case ST_G_FLUSHED:
-		if (gq->err) {
-			grp_finish(gq, gq->err);
-			return;
-		}
-		gq->st = ST_G_L2_DONE;
-		s->l2_writing++; /* until ST_G_L2_DONE: guest flushes wait */
-		r = grp_write_l2(gq);
-		if (r < 0 && !gq->err)
-			gq->err = r;
-		if (gq->pending)
-			return;
-		/* fall through */
-	case ST_G_L2_DONE:
-		q2_l2_written(s);
-		free(gq->mbuf);
-		gq->mbuf = NULL;
-		if (gq->err) {
-			/* The L2/L1 entries on disk are unknown: stop writing. */
-			q2_corrupt(s, UINT64_MAX, 0, true, "L2/L1 update failed (%s)",
-				   strerror(-gq->err));
-			grp_finish(gq, gq->err);
-			return;
-		}
-		grp_finish(gq, 0);
-		return;
-	default:
-		return;
-	}
-}
-
 /* ---- the free program: apply queued refcount decrements ---- */
 
 void q2_fp_run(struct q2_req *fq)
@@ -1260,7 +902,7 @@ void q2_fp_run(struct q2_req *fq)
 			uint64_t c = dv[i].iov_len;
 			q2_sub_io(fq, s->file, BD_OP_DISCARD, c << s->cb, s->cs, NULL, 0, 0);
 		}
-		write_rb_dirty(fq);
+		q2_write_rb_dirty(fq);
 		if (fq->pending)
 			return;
 	}

@@ -310,6 +310,17 @@ void q2_grp_leave(struct q2_req *qr);
 void q2_grp_run(struct q2_req *gq);
 void q2_maybe_free(struct q2 *s);
 void q2_lock_release(struct q2 *s);
+/* qcow2-alloc.c, shared with qcow2-group.c: the pieces of a metadata program. */
+void q2_write_rb_dirty(struct q2_req *qr);
+void q2_mp_install_l2(struct q2_req *qr);
+void q2_mp_done(struct q2_req *qr);
+void q2_mp_set_entries(struct q2 *s, uint8_t *tab, struct q2_req *qr);
+/* qcow2-group.c: form a group when the lock is free and the first waiter is an allocating
+ * write; q2_grp_check: every member is ready (or gone): commit, or end an empty group. */
+void q2_grp_form(struct q2 *s);
+void q2_grp_check(struct q2 *s);
+
+#define Q2_MAX_RUN_CLUSTERS 512 /* clusters per allocation program */
 /* qcow2-io.c: one L2 write phase ended; start the flushes that waited for it. */
 void q2_l2_written(struct q2 *s);
 bool q2_in_place(struct q2 *s, const struct q2_l2e *e);
