@@ -298,6 +298,8 @@ size_t bd_iov_to_buf(const struct iovec *iov, int iovcnt, size_t offset, void *b
 size_t bd_iov_from_buf(const struct iovec *iov, int iovcnt, size_t offset, const void *buf,
 		       size_t len);
 bool bd_iov_is_zero(const struct iovec *iov, int iovcnt);
+/* Point dst (room for cnt entries) at bytes [off, off+len) of src; returns the entries used. */
+int bd_iov_slice(const struct iovec *src, int cnt, uint64_t off, uint64_t len, struct iovec *dst);
 bool bd_buf_is_zero(const void *buf, size_t len);
 /* Aligned allocation for I/O buffers (alignment >= 4096), freed with free(). */
 void *bd_io_alloc(size_t len);

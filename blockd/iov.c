@@ -90,3 +90,24 @@ void *bd_io_alloc(size_t len)
 		return NULL;
 	return p;
 }
+
+int bd_iov_slice(const struct iovec *src, int cnt, uint64_t off, uint64_t len, struct iovec *dst)
+{
+	int n = 0;
+
+	for (int i = 0; i < cnt && len > 0; i++) {
+		if (off >= src[i].iov_len) {
+			off -= src[i].iov_len;
+			continue;
+		}
+		uint64_t take = src[i].iov_len - off;
+		if (take > len)
+			take = len;
+		dst[n].iov_base = (char *)src[i].iov_base + off;
+		dst[n].iov_len = take;
+		n++;
+		len -= take;
+		off = 0;
+	}
+	return n;
+}

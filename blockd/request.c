@@ -254,25 +254,10 @@ static void chunk_sub_done(struct bd_req *sub, int ret)
 static struct iovec *iov_slice(const struct bd_req *req, uint64_t off, uint64_t len, int *cnt)
 {
 	struct iovec *out = malloc(sizeof(*out) * (size_t)req->iovcnt);
-	int n = 0;
 
 	if (!out)
 		abort();
-	for (int i = 0; i < req->iovcnt && len; i++) {
-		if (off >= req->iov[i].iov_len) {
-			off -= req->iov[i].iov_len;
-			continue;
-		}
-		size_t take = req->iov[i].iov_len - off;
-		if (take > len)
-			take = len;
-		out[n].iov_base = (char *)req->iov[i].iov_base + off;
-		out[n].iov_len = take;
-		n++;
-		len -= take;
-		off = 0;
-	}
-	*cnt = n;
+	*cnt = bd_iov_slice(req->iov, req->iovcnt, off, len, out);
 	return out;
 }
 

@@ -767,7 +767,7 @@ int q2_alloc_plan(struct q2_req *qr)
 	int nv = 0;
 	if (inoff)
 		v[nv++] = (struct iovec){qr->cow[0].buf, inoff};
-	nv += q2_slice(qr->src, qr->srccnt, qr->pos - qr->src_base, chunk, v + nv);
+	nv += bd_iov_slice(qr->src, qr->srccnt, qr->pos - qr->src_base, chunk, v + nv);
 	if (tail)
 		v[nv++] = (struct iovec){tsrc->buf + (s->cs - tail), tail};
 	qr->diovcnt = nv;

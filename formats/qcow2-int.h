@@ -286,8 +286,6 @@ void q2_sub_io(struct q2_req *qr, struct bd_child *child, enum bd_op op, uint64_
 	       uint64_t len, struct iovec *iov, int iovcnt, uint32_t flags);
 struct iovec *q2_iov_need(struct q2_req *qr, int n);
 struct iovec *q2_miov_need(struct q2_req *qr, int n);
-int q2_slice(const struct iovec *src, int cnt, uint64_t off, uint64_t len,
-	     struct iovec *dst);
 int q2_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *req);
 
 /* qcow2-cache.c: the L2 table cache [owner loop]. */

@@ -121,28 +121,6 @@ struct iovec *q2_miov_need(struct q2_req *qr, int n)
 	return qr->miov;
 }
 
-/* Append the slice [off, off+len) of src to dst (dst has room); returns entries used. */
-int q2_slice(const struct iovec *src, int cnt, uint64_t off, uint64_t len,
-	     struct iovec *dst)
-{
-	int n = 0;
-
-	for (int i = 0; i < cnt && len > 0; i++) {
-		if (off >= src[i].iov_len) {
-			off -= src[i].iov_len;
-			continue;
-		}
-		uint64_t take = src[i].iov_len - off;
-		if (take > len)
-			take = len;
-		dst[n].iov_base = (char *)src[i].iov_base + off;
-		dst[n].iov_len = take;
-		n++;
-		len -= take;
-		off = 0;
-	}
-	return n;
-}
 
 /* ---- completion ---- */
 
@@ -202,7 +180,7 @@ static void read_child(struct q2_req *qr, struct bd_child *child, uint64_t coff,
 		bd_iov_memset(req->iov, req->iovcnt, qr->pos + rd, 0, len - rd);
 	if (rd) {
 		struct iovec *v = q2_iov_need(qr, req->iovcnt);
-		int n = q2_slice(req->iov, req->iovcnt, qr->pos, rd, v);
+		int n = bd_iov_slice(req->iov, req->iovcnt, qr->pos, rd, v);
 		q2_sub_io(qr, child, BD_OP_READ, coff, rd, v, n, 0);
 	}
 }
@@ -506,7 +484,7 @@ static int write_step(struct q2_req *qr)
 					return -EIO;
 				}
 				struct iovec *v = q2_iov_need(qr, qr->srccnt);
-				int nv = q2_slice(qr->src, qr->srccnt, qr->pos - qr->src_base, chunk,
+				int nv = bd_iov_slice(qr->src, qr->srccnt, qr->pos - qr->src_base, chunk,
 						  v);
 				qr->chunk = chunk;
 				qr->st = ST_W_CHUNK_DONE;

@@ -303,7 +303,7 @@ int q2_sub_plan(struct q2_req *qr)
 	int nv = 0;
 	if (inoff > ws)
 		v[nv++] = (struct iovec){cw->buf + ws, inoff - ws};
-	nv += q2_slice(qr->src, qr->srccnt, qr->pos - qr->src_base, chunk, v + nv);
+	nv += bd_iov_slice(qr->src, qr->srccnt, qr->pos - qr->src_base, chunk, v + nv);
 	if (inoff + chunk < we)
 		v[nv++] = (struct iovec){cw->buf + inoff + chunk, we - inoff - chunk};
 	qr->chunk = chunk;

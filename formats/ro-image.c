@@ -285,26 +285,6 @@ void ro_describe(struct ro_img *ro, json_t *out)
 /* ================================================================================================
  * Requests (the request's loop)
  */
-static int slice(const struct iovec *src, int cnt, uint64_t off, uint64_t len, struct iovec *dst)
-{
-	int n = 0;
-
-	for (int i = 0; i < cnt && len > 0; i++) {
-		if (off >= src[i].iov_len) {
-			off -= src[i].iov_len;
-			continue;
-		}
-		uint64_t take = src[i].iov_len - off;
-		if (take > len)
-			take = len;
-		dst[n].iov_base = (char *)src[i].iov_base + off;
-		dst[n].iov_len = take;
-		n++;
-		len -= take;
-		off = 0;
-	}
-	return n;
-}
 
 static void rr_finish(struct ro_req *rr)
 {
@@ -384,7 +364,7 @@ static int sub_read(struct ro_req *rr, struct bd_child *child, uint64_t off, uin
 				return -ENOMEM;
 			}
 		}
-		n = slice(req->iov, req->iovcnt, pos, len, sub->iov);
+		n = bd_iov_slice(req->iov, req->iovcnt, pos, len, sub->iov);
 		sub->iovcnt = n;
 	}
 	c = bd_req_get(cc);
