@@ -127,19 +127,15 @@ struct iscsi_context *bd_iscsi_connect(const struct bd_iscsi_target *t, struct b
 		iscsi_set_targetname(c, t->target);
 	if (t->user[0])
 		iscsi_set_initiator_username_pwd(c, t->user, t->password);
-	if (discovery) {
-		r = iscsi_connect_async(c, t->portal, bd_iscsi_wait_cb, &w);
-		if (r == 0)
-			r = bd_iscsi_wait(c, &w, deadline);
-		if (r == 0 && w.status == SCSI_STATUS_GOOD) {
-			w = (struct bd_iscsi_wait){0};
-			r = iscsi_login_async(c, bd_iscsi_wait_cb, &w);
-			if (r == 0)
-				r = bd_iscsi_wait(c, &w, deadline);
-		}
-	} else {
-		/* no LUN here: bd_iscsi_probe_lun's TEST UNIT READY names a missing LUN */
-		r = iscsi_full_connect_async(c, t->portal, -1, bd_iscsi_wait_cb, &w);
+	/* Connect, then log in, as two steps for both session types: iscsi_full_connect_async
+	 * allocates a task that libiscsi 1.19 never frees when the login is abandoned (timeout,
+	 * connection lost), which LeakSanitizer reported; with no LUN to probe it does no more. */
+	r = iscsi_connect_async(c, t->portal, bd_iscsi_wait_cb, &w);
+	if (r == 0)
+		r = bd_iscsi_wait(c, &w, deadline);
+	if (r == 0 && w.status == SCSI_STATUS_GOOD) {
+		w = (struct bd_iscsi_wait){0};
+		r = iscsi_login_async(c, bd_iscsi_wait_cb, &w);
 		if (r == 0)
 			r = bd_iscsi_wait(c, &w, deadline);
 	}
