@@ -20,9 +20,14 @@
 #   --blockd PATH     the blockd binary (default $BLOCKD, else build/blockd)
 #   --markdown FILE   also write the results as markdown (for docs/benchmarks.md)
 #   --keep            keep the image for the next run (it is reused if its size matches)
+#   --ceiling         also run "ceiling": blockd exporting a null-co node (no storage at all), the
+#                     most this fio client gets through any NBD server on this machine; it is not a
+#                     peer, and its column shows how close each server comes to the client's limit
 # Throughput is IOPS for 4k jobs and MiB/s for 1m jobs; "ratio" is blockd / the best peer (higher
 # is better for blockd); CPU is the server's utime+stime (/proc/PID/stat) per I/O, in µs, measured
-# over the same window as fio's numbers (after the ramp).
+# over the same window as fio's numbers (after the ramp).  "fio CPU" is the client's user+system
+# time as a share of one CPU (fio runs one thread): near 100 % the client, not the server, is the
+# bound.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -50,6 +55,7 @@ for t in json.load(sys.stdin):
 fi
 markdown=""
 keep=0
+ceiling=0
 
 usage()
 {
@@ -71,6 +77,7 @@ while [ $# -gt 0 ]; do
 	--blockd) blockd=$2; shift ;;
 	--markdown) markdown=$2; shift ;;
 	--keep) keep=1 ;;
+	--ceiling) ceiling=1 ;;
 	-h | --help) usage 0 ;;
 	*) echo "compare.sh: unknown option '$1'" >&2; usage 1 >&2 ;;
 	esac
@@ -96,6 +103,7 @@ if [ -z "$jobs" ]; then
 fi
 IFS=, read -r -a job_list <<<"$jobs"
 IFS=, read -r -a server_list <<<"$servers"
+[ "$ceiling" = 0 ] || server_list+=(ceiling)
 for j in "${job_list[@]}"; do
 	[ -f "$here/$j.fio" ] || { echo "compare.sh: no job file $here/$j.fio" >&2; exit 1; }
 done
@@ -104,7 +112,7 @@ done
 avail=()
 for s in "${server_list[@]}"; do
 	case $s in
-	blockd) bin=$blockd ;;
+	blockd | ceiling) bin=$blockd ;;
 	qsd) bin=$(command -v qemu-storage-daemon || true) ;;
 	qemu-nbd) bin=$(command -v qemu-nbd || true) ;;
 	nbdkit) bin=$(command -v nbdkit || true) ;;
@@ -170,6 +178,7 @@ version_of()
 {
 	case $1 in
 	blockd) "$blockd" --version 2>/dev/null | head -1 || echo "blockd (version unknown)" ;;
+	ceiling) echo "the same blockd, null-co node (read-zeroes=off: reads send data chunks)" ;;
 	qsd) qemu-storage-daemon --version | head -1 ;;
 	qemu-nbd) qemu-nbd --version | head -1 ;;
 	nbdkit) nbdkit --version | head -1 ;;
@@ -189,6 +198,13 @@ start_server()
 		"$blockd" "${ithr_obj[@]}" \
 			--blockdev "driver=file,node-name=f,filename=$img,cache.direct=$direct" \
 			--blockdev driver=raw,node-name=r,file=f \
+			--nbd-server "addr.type=unix,addr.path=$sock" \
+			--export "type=nbd,id=e,node-name=r,name=disk,writable=on$ithr_opt" \
+			>"$work/server.log" 2>&1 &
+		;;
+	ceiling)
+		"$blockd" "${ithr_obj[@]}" \
+			--blockdev "driver=null-co,node-name=r,size=$bytes,read-zeroes=off" \
 			--nbd-server "addr.type=unix,addr.path=$sock" \
 			--export "type=nbd,id=e,node-name=r,name=disk,writable=on$ithr_opt" \
 			>"$work/server.log" 2>&1 &
@@ -242,7 +258,7 @@ results=$work/results.tsv
 run_one()
 {
 	local s=$1 j=$2 rep=$3 fpid c0 c1 out=$work/fio.json
-	start_server "$s" || { printf '%s\t%s\t%s\tFAIL\t0\t0\n' "$j" "$s" "$rep" >>"$results"; return 0; }
+	start_server "$s" || { printf '%s\t%s\t%s\tFAIL\t0\t0\t0\n' "$j" "$s" "$rep" >>"$results"; return 0; }
 	sed -e "s/^runtime=.*/runtime=$runtime/" -e "s/^ramp_time=.*/ramp_time=$ramp/" \
 		"$here/$j.fio" >"$work/job.fio"
 	NBD_URI=$uri fio --output-format=json --output="$out" "$work/job.fio" \
@@ -259,14 +275,14 @@ run_one()
 		spid=""
 		echo "compare.sh: $s died during $j (exit status $src):" >&2
 		sed 's/^/    /' "$work/server.log" >&2
-		printf '%s\t%s\t%s\tFAIL\t0\t0\n' "$j" "$s" "$rep" >>"$results"
+		printf '%s\t%s\t%s\tFAIL\t0\t0\t0\n' "$j" "$s" "$rep" >>"$results"
 		return 0
 	fi
 	stop_server
 	if [ "$frc" != 0 ]; then
 		echo "compare.sh: fio $j against $s failed:" >&2
 		sed 's/^/    /' "$work/fio.log" >&2
-		printf '%s\t%s\t%s\tFAIL\t0\t0\n' "$j" "$s" "$rep" >>"$results"
+		printf '%s\t%s\t%s\tFAIL\t0\t0\t0\n' "$j" "$s" "$rep" >>"$results"
 		return 0
 	fi
 	python3 - "$out" "$j" "$s" "$rep" "$((c1 - c0))" >>"$results" <<'PY'
@@ -276,13 +292,14 @@ d = json.load(open(out))
 j = d["jobs"][0]
 ios = j["read"]["total_ios"] + j["write"]["total_ios"]
 if j["error"]:
-    print(f"{job}\t{server}\t{rep}\tFAIL\t0\t0")
+    print(f"{job}\t{server}\t{rep}\tFAIL\t0\t0\t0")
     sys.exit(0)
 if job.endswith("1m") or "-1m" in job:
     value = (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / (1 << 20)
 else:
     value = j["read"]["iops"] + j["write"]["iops"]
-print(f"{job}\t{server}\t{rep}\t{value:.1f}\t{ios}\t{ticks}")
+fio_cpu = j["usr_cpu"] + j["sys_cpu"]
+print(f"{job}\t{server}\t{rep}\t{value:.1f}\t{ios}\t{ticks}\t{fio_cpu:.0f}")
 PY
 	local last
 	last=$(tail -n 1 "$results" | cut -f4)
@@ -314,11 +331,12 @@ import statistics, sys
 results, versions, clk, mdfile = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 servers = """${avail[*]}""".split()
 jobs = """${job_list[*]}""".split()
-vals, cpus = {}, {}
+vals, cpus, fcpus = {}, {}, {}
 for line in open(results):
-    job, server, rep, value, ios, ticks = line.rstrip("\n").split("\t")
+    job, server, rep, value, ios, ticks, fio_cpu = line.rstrip("\n").split("\t")
     if value == "FAIL":
         continue
+    fcpus.setdefault((job, server), []).append(float(fio_cpu))
     vals.setdefault((job, server), []).append(float(value))
     if int(ios) > 0:
         cpus.setdefault((job, server), []).append(int(ticks) * 1e6 / clk / int(ios))
@@ -332,13 +350,16 @@ def fmt(v, job):
     return f"{v:.0f}" if not job.endswith("1m") else f"{v:.1f}"
 
 head = ["job", "unit"] + servers
-peers = [s for s in servers if s != "blockd"]
+peers = [s for s in servers if s not in ("blockd", "ceiling")]
 if "${cache}" == "none":
     # nbdkit would read and write the page cache: not a fair peer for O_DIRECT numbers.
     peers = [s for s in peers if s != "nbdkit"]
 if "blockd" in servers and peers:
     head.append("blockd/best peer")
+if "blockd" in servers and "ceiling" in servers:
+    head.append("blockd/ceiling")
 head += [f"CPU µs/IO {s}" for s in servers]
+head += [f"fio CPU % {s}" for s in servers]
 rows = []
 for job in jobs:
     unit = "MiB/s" if job.endswith("1m") else "IOPS"
@@ -347,9 +368,15 @@ for job in jobs:
         b = med(vals, (job, "blockd"))
         best = max([v for v in (med(vals, (job, p)) for p in peers) if v is not None], default=None)
         row.append(f"{b / best:.2f}" if b and best else "-")
+    if "blockd" in servers and "ceiling" in servers:
+        b, c = med(vals, (job, "blockd")), med(vals, (job, "ceiling"))
+        row.append(f"{b / c:.2f}" if b and c else "-")
     for s in servers:
         c = med(cpus, (job, s))
         row.append(f"{c:.1f}" if c is not None else "-")
+    for s in servers:
+        c = med(fcpus, (job, s))
+        row.append(f"{c:.0f}" if c is not None else "-")
     rows.append(row)
 
 w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
