@@ -500,6 +500,9 @@ int bd_node_snapshot_delete(struct bd_node *node, const char *id, const char *na
  * parent without stopping them: requests submitted to node go to overlay from now on (node
  * stays in the graph, as overlay's backing).  Waits for the requests already inside node. */
 int bd_node_snapshot_external(struct bd_node *node, struct bd_node *overlay, struct bd_err *err);
+/* [control] The node that requests submitted to node reach: node itself, or the top overlay
+ * of the external snapshots taken of it (what an export of node now serves). */
+struct bd_node *bd_node_active_layer(struct bd_node *node);
 /* [control] The options the node was opened with (borrowed; marks cleared). */
 json_t *bd_node_options(struct bd_node *node);
 /* [control] Resize a node (block_resize).  0 or -errno. */

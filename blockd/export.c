@@ -1,10 +1,23 @@
 /*
  * export.c - the front door for exports: dispatch --export / block-export-add on "type", and
- * shut every export type down at exit.  [control]
+ * shut every export type down at exit; the node an export serves after external snapshots.
+ * [control]
  */
 #include "blockd/internal.h"
 
+#include <stdatomic.h>
 #include <string.h>
+
+struct bd_node *bd_node_active_layer(struct bd_node *node)
+{
+	/* fwd 2: forwarding (1 is the moment of the switch, still held on node) */
+	for (unsigned depth = 0; node && depth < 1024; depth++) {
+		if (atomic_load_explicit(&node->fwd, memory_order_acquire) != 2 || !node->fwd_to)
+			break;
+		node = node->fwd_to;
+	}
+	return node;
+}
 
 const struct bd_export_type *bd_export_type_find(const char *name)
 {

@@ -633,9 +633,21 @@ static int cmd_block_export_del(struct qmp_req *req, json_t *args, struct bd_err
 static int cmd_query_block_exports(struct qmp_req *req, json_t *args, struct bd_err *err)
 {
 	json_t *list = json_array();
+	size_t i;
+	json_t *e;
+
 	for (const struct bd_export_type *const *t = bd_export_type_table; *t; t++)
 		if ((*t)->query)
 			(*t)->query(list);
+	/* After blockdev-snapshot an export serves the overlay (as in QEMU, which names the
+	 * export's current root node). */
+	json_array_foreach(list, i, e) {
+		const char *nn = json_string_value(json_object_get(e, "node-name"));
+		struct bd_node *n = nn ? bd_graph_find(nn) : NULL;
+		struct bd_node *top = n ? bd_node_active_layer(n) : NULL;
+		if (top && top != n)
+			json_object_set_new(e, "node-name", json_string(bd_node_name(top)));
+	}
 	req->ret = list;
 	return 0;
 }
@@ -798,7 +810,7 @@ const struct qmp_cmd qmp_cmds_block[] = {
 	 "External snapshot: the overlay gets the node as its backing file and takes its place "
 	 "under every export and parent node, without stopping them (new requests wait for the "
 	 "moment of the switch).  The node stays in the graph as the overlay's backing; its "
-	 "exports keep their name and id (query-block-exports still names the node).  The "
+	 "exports keep their name and id; query-block-exports names the overlay.  The "
 	 "overlay's image should name the node's file as its backing file (qemu-img create -b), "
 	 "as with QEMU: the header is not rewritten."},
 	{"blockdev-snapshot-internal-sync", cmd_snapshot_internal,

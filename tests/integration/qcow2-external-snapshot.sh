@@ -61,6 +61,9 @@ qemu-io -f raw -c "read -q -P 0x22 0 4M" -c "read -q -P 0x11 4M 4M" -c "read -q 
 assert_not_contains "$(cat "$T/read.log")" "Pattern verification failed"
 info=$(q query-named-block-nodes '{}')
 assert_contains "$info" '"ov"'
+# the export now serves the overlay, and says so (as QEMU does)
+exports=$(q query-block-exports '{}')
+assert_contains "$exports" '"node-name": "ov"'
 
 # the overlay goes away with the export; then the base is free again
 q block-export-del '{"id": "e"}' >/dev/null
