@@ -161,141 +161,23 @@ static void vol_remove(struct pool *p, struct vol *v)
 
 /* ---- probing ---- */
 
-static uint32_t be32(const unsigned char *b)
+static long probe_read(void *opaque, uint64_t off, void *buf, size_t len)
 {
-	return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
-static uint64_t be64(const unsigned char *b)
-{
-	return (uint64_t)be32(b) << 32 | be32(b + 4);
-}
-
-static uint32_t le32(const unsigned char *b)
-{
-	return (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[1] << 8 | b[0];
-}
-
-static uint64_t le64(const unsigned char *b)
-{
-	return (uint64_t)le32(b + 4) << 32 | le32(b);
-}
-
-/* A VHD footer's virtual size, by the rule QEMU (and blockd's vpc driver) use: the CHS
- * geometry, except for creators known to size by current_size or a maximal geometry. */
-static uint64_t vpc_size(const unsigned char *f)
-{
-	uint64_t cur = be64(f + 48);
-	uint64_t chs = (uint64_t)((unsigned)f[56] << 8 | f[57]) * f[58] * f[59];
-	static const char *const by_size[] = {"win ", "qem2", "d2v ", "CTXS", "tap"};
-	bool use_chs = chs != 65535ull * 16 * 255;
-	for (size_t i = 0; i < sizeof(by_size) / sizeof(by_size[0]); i++)
-		if (!memcmp(f + 28, by_size[i], strlen(by_size[i])))
-			use_chs = false;
-	return use_chs ? chs * 512 : cur & ~511ull;
-}
-
-/* The virtual size of a vmdk descriptor: its extent lines ("RW 2097152 SPARSE ...") add up. */
-static uint64_t vmdk_descriptor_size(const char *text, size_t len)
-{
-	uint64_t sectors = 0;
-	for (size_t i = 0; i < len;) {
-		const char *line = text + i, *end = memchr(line, '\n', len - i);
-		size_t l = end ? (size_t)(end - line) : len - i;
-		char buf[128];
-		unsigned long long n;
-		snprintf(buf, sizeof(buf), "%.*s", (int)(l < sizeof(buf) - 1 ? l : sizeof(buf) - 1),
-			 line);
-		if ((sscanf(buf, "RW %llu", &n) == 1 || sscanf(buf, "RDONLY %llu", &n) == 1) &&
-		    n < (1ull << 50))
-			sectors += n;
-		i += l + 1;
-	}
-	return sectors * 512;
+	ssize_t n = off > (uint64_t)INT64_MAX ? -1 : pread(*(int *)opaque, buf, len, (off_t)off);
+	return n < 0 ? -errno : (long)n;
 }
 
 /* Fill v's format-dependent fields from the open file fd (size bytes).  Formats are known by
- * their signatures, as libvirt's storage driver knows them; blockd opens a volume with the
- * format found here (never guessing for a node opened by hand). */
-static void probe(struct vol *v, int fd, uint64_t size)
+ * their signatures, as libvirt's storage driver knows them (vol-probe.c); blockd opens a volume
+ * with the format found here (never guessing for a node opened by hand). */
+static int probe(struct vol *v, int fd, uint64_t size)
 {
-	unsigned char h[4096];
+	unsigned char h[BD_VOL_PROBE_HEADER];
+	struct bd_vol_probe r;
 	ssize_t n = pread(fd, h, sizeof(h), 0);
 
-	free(v->format);
-	free(v->backing_path);
-	free(v->backing_format);
-	free(v->compat);
-	v->backing_path = v->backing_format = v->compat = NULL;
-	v->cluster_size = 0;
-	v->lazy_refcounts = v->extended_l2 = false;
-	v->capacity = size;
-	if (n >= 72 && !memcmp(h, "QFI\xfb", 4)) {
-		uint32_t version = be32(h + 4);
-		uint64_t boff = be64(h + 8);
-		uint32_t blen = be32(h + 16);
-		uint32_t cbits = be32(h + 20);
-		v->format = strdup("qcow2");
-		v->capacity = be64(h + 24);
-		if (cbits >= 9 && cbits <= 21)
-			v->cluster_size = 1ull << cbits;
-		v->compat = strdup(version >= 3 ? "1.1" : "0.10");
-		uint32_t hlen = 72;
-		if (version >= 3 && n >= 104) {
-			uint64_t incompat = be64(h + 72), compat = be64(h + 80);
-			v->lazy_refcounts = compat & 1;
-			v->extended_l2 = incompat & (1u << 4);
-			hlen = be32(h + 100);
-		}
-		if (boff && blen && blen < 1024) {
-			char *bp = calloc(1, blen + 1);
-			if (bp && pread(fd, bp, blen, (off_t)boff) == (ssize_t)blen)
-				v->backing_path = bp;
-			else
-				free(bp);
-		}
-		/* header extensions: the backing file format */
-		for (uint32_t off = hlen; off + 8 <= (uint32_t)n && off < 4096;) {
-			uint32_t type = be32(h + off), len = be32(h + off + 4);
-			if (type == 0)
-				break;
-			if (type == 0xE2792ACA && off + 8 + len <= (uint32_t)n && len < 64)
-				v->backing_format = strndup((const char *)h + off + 8, len);
-			off += 8 + ((len + 7) & ~7u);
-		}
-	} else if (n >= 20 && !memcmp(h, "KDMV", 4)) {
-		v->format = strdup("vmdk"); /* monolithicSparse / streamOptimized: sectors at 12 */
-		v->capacity = le64(h + 12) * 512;
-	} else if (n >= 21 && !memcmp(h, "# Disk DescriptorFile", 21)) {
-		v->format = strdup("vmdk"); /* a descriptor: the extents' sectors add up */
-		v->capacity = vmdk_descriptor_size((const char *)h, (size_t)n);
-	} else if (n >= 64 && !memcmp(h, "QED\0", 4)) {
-		v->format = strdup("qed");
-		v->capacity = le64(h + 48);
-		uint32_t boff = le32(h + 56), blen = le32(h + 60);
-		if (boff && blen && blen < 1024) {
-			char *bp = calloc(1, blen + 1);
-			if (bp && pread(fd, bp, blen, (off_t)boff) == (ssize_t)blen)
-				v->backing_path = bp;
-			else
-				free(bp);
-		}
-	} else if (n >= 0x178 && le32(h + 0x40) == 0xbeda107fu) {
-		v->format = strdup("vdi");
-		v->capacity = le64(h + 0x170);
-	} else if (n >= 64 && !memcmp(h, "conectix", 8)) {
-		v->format = strdup("vpc"); /* dynamic: a copy of the footer at 0 */
-		v->capacity = vpc_size(h);
-	} else {
-		unsigned char f[512];
-		if (size >= 1024 && pread(fd, f, sizeof(f), (off_t)(size - 512)) == 512 &&
-		    !memcmp(f, "conectix", 8)) {
-			v->format = strdup("vpc"); /* fixed: the footer ends the file */
-			v->capacity = vpc_size(f);
-		} else {
-			v->format = strdup("raw");
-		}
-	}
+	bd_vol_probe(h, n > 0 ? (size_t)n : 0, size, probe_read, &fd, &r);
+	return bd_vol_probe_set(v, &r);
 }
 
 struct vol *bd_vol_new(const char *dir, const char *name)
@@ -336,8 +218,10 @@ int bd_vol_stat(struct vol *v, int dirfd, const char *name, bool force)
 		off_t e = lseek(fd, 0, SEEK_END);
 		size = e > 0 ? (uint64_t)e : 0;
 	}
-	probe(v, fd, size);
+	r = probe(v, fd, size);
 	close(fd);
+	if (r < 0)
+		return r;
 	free(v->type);
 	v->type = strdup(blk ? "block" : "file");
 	v->ino = st.st_ino;
@@ -957,6 +841,14 @@ static const char *open_format(struct vol *v, const char *format, struct bd_err 
 			   "on this host: pass format=vmdk (blockctl --format vmdk) to open it as "
 			   "such, or format=raw",
 			   v->name);
+		return NULL;
+	}
+	if ((!strcmp(probed, "qcow2") || !strcmp(probed, "qed")) && v->backing_odd) {
+		bd_err_set(err, -EPERM,
+			   "volume '%s' looks like a %s image whose backing file name cannot be "
+			   "read or is not printable: pass format=%s to open it as such, or "
+			   "format=raw",
+			   v->name, probed, probed);
 		return NULL;
 	}
 	if ((!strcmp(probed, "qcow2") || !strcmp(probed, "qed")) && v->backing_path &&
