@@ -161,6 +161,9 @@ int bd_vol_fd(struct vol *v, int flags, uint64_t *base, uint64_t *size, struct b
 /* A volume by name in pool, or by path/key in any pool when pool is NULL (*pp its pool). */
 struct vol *bd_vol_lookup(const char *pool, const char *name, struct pool **pp,
 			  struct bd_err *err);
+/* bd_vol_lookup() for an operation on the volume's bytes: -EBUSY while a task runs on it. */
+struct vol *bd_vol_find_idle(const char *pool, const char *name, struct pool **pp,
+			     struct bd_err *err);
 /* -EBUSY (err set) if a node or export uses v. */
 int bd_vol_check_unused(struct pool *p, struct vol *v, struct bd_err *err);
 /* vol-create.c */
