@@ -124,7 +124,7 @@ int bd_pool_run(const char *const argv[], char *out, size_t outlen)
 
 int bd_pool_run_checked(const char *const argv[], struct bd_err *err)
 {
-	char out[1024];
+	char out[2048];
 	int r = bd_pool_run(argv, out, sizeof(out));
 	if (r == -ENOENT)
 		return bd_err_set(err, -ENOENT, "cannot run '%s': not installed", argv[0]);

@@ -171,6 +171,8 @@ int bd_vol_create_qcow2(const char *path, struct bd_vol_def *def, bool prealloc,
 			struct bd_err *err);
 /* [control] A task's end for file volumes: list a clone or remove its file; reread. */
 void bd_vol_task_finished(struct vol_task *t);
+/* [control] The same after closing the task's src/dst graph nodes. */
+void bd_vol_node_task_finished(struct vol_task *t);
 
 /* vol-task.c: the data phase of wipe, upload, download and clone. */
 enum vol_task_kind { VT_WIPE, VT_UPLOAD, VT_DOWNLOAD, VT_CLONE, VT_CONVERT };

@@ -194,16 +194,6 @@ static struct bd_node *open_vol_bytes(struct pool *p, struct vol *v, bool ro, ch
 	return n;
 }
 
-static void node_task_finished(struct vol_task *t)
-{
-	struct bd_err e = {0};
-	if (t->src)
-		bd_graph_del(t->src_node, &e);
-	if (t->dst)
-		bd_graph_del(t->dst_node, &e);
-	bd_vol_task_finished(t);
-}
-
 int bd_vol_upload(const char *pool, const char *name, const char *file, int fd, uint64_t offset,
 		  uint64_t length, uint64_t *job_id, struct bd_err *err)
 {
@@ -247,7 +237,7 @@ int bd_vol_upload(const char *pool, const char *name, const char *file, int fd, 
 		}
 		vsize = bd_node_size(t->dst);
 		t->limit = vsize; /* a protocol node does not grow: qcow2 too */
-		t->finish = node_task_finished;
+		t->finish = bd_vol_node_task_finished;
 	} else if ((t->out = bd_vol_fd(v, O_WRONLY, &base, &vsize, err)) < 0) {
 		r = t->out;
 		t->out = -1;
@@ -335,7 +325,7 @@ int bd_vol_download(const char *pool, const char *name, const char *file, int fd
 	t->in_off = base + offset;
 	t->len = len;
 	t->sparse = sparse;
-	t->finish = src ? node_task_finished : bd_vol_task_finished;
+	t->finish = src ? bd_vol_node_task_finished : bd_vol_task_finished;
 	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
 		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
 	return r;
