@@ -190,13 +190,7 @@ static struct bd_node *node_open(json_t *given, bool top, const struct bd_driver
 	return node;
 
 fail_node:
-	while (node->children) {
-		struct bd_child *c = node->children;
-		node->children = c->next;
-		c->node->parents--;
-		bd_node_unref(c->node);
-		free(c);
-	}
+	bd_node_drop_children(node);
 	pthread_mutex_destroy(&node->rmw_lock);
 	free(node);
 fail:

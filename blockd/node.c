@@ -310,6 +310,17 @@ static void graph_unlink(struct bd_node *node)
 	}
 }
 
+void bd_node_drop_children(struct bd_node *node)
+{
+	while (node->children) {
+		struct bd_child *c = node->children;
+		node->children = c->next;
+		c->node->parents--;
+		bd_node_unref(c->node);
+		free(c);
+	}
+}
+
 static void node_close(struct bd_node *node)
 {
 	node->closing = true;
@@ -322,13 +333,7 @@ static void node_close(struct bd_node *node)
 	close_channels(node);
 	if (node->drv->close)
 		node->drv->close(node);
-	while (node->children) {
-		struct bd_child *c = node->children;
-		node->children = c->next;
-		c->node->parents--;
-		bd_node_unref(c->node);
-		free(c);
-	}
+	bd_node_drop_children(node);
 	graph_unlink(node);
 	json_decref(node->opts);
 	pthread_mutex_destroy(&node->rmw_lock);
