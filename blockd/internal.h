@@ -97,6 +97,10 @@ void bd_chan_release_held(struct bd_chan *ch);
 
 /* node.c */
 void bd_graph_close_all(void);
+/* Append a node just opened (node-open.c) to the graph's list. */
+void bd_graph_link(struct bd_node *node);
+/* Release a node's children (on close, or when its open failed). */
+void bd_node_drop_children(struct bd_node *node);
 /* Shutdown: tell every driver that holds requests back (throttle) to let them go, for good,
  * so that exports waiting for their in-flight requests finish at once. */
 void bd_graph_release_held(void);

@@ -5,8 +5,8 @@
  *
  * start connects (the connection is shared with gluster nodes of the same volume, see
  * protocols/gluster-conn.c) and stop releases it; glfs_fini runs on a detached thread.  Volumes
- * are the regular files of <dir> (names starting with '.' are skipped), raw or qcow2 (probed
- * from their header); their path and key is gluster://HOST:PORT/VOLUME/DIR/NAME, which is also
+ * are the regular files of <dir> (names starting with '.' are skipped), probed from their
+ * header (vol-probe.c: qcow2, qed, vmdk, vdi, vpc or raw); their path and key is gluster://HOST:PORT/VOLUME/DIR/NAME, which is also
  * the filename of the gluster node that vol-open puts under the format node, so the pools'
  * in-use checks see it.  libvirt cannot create volumes in gluster pools; blockd does: raw
  * (sparse, or allocated with glfs_fallocate) and qcow2 (the qcow2 driver's create through a
@@ -182,34 +182,33 @@ static char *vol_uri(struct gp *g, const char *name)
 	return s;
 }
 
-static uint64_t be64(const unsigned char *b)
+static long probe_read(void *opaque, uint64_t off, void *buf, size_t len)
 {
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | b[i];
-	return v;
+	ssize_t n =
+	    off > (uint64_t)INT64_MAX ? -1 : glfs_pread(opaque, buf, len, (off_t)off, 0, NULL);
+	return n < 0 ? -(errno ? errno : EIO) : (long)n;
 }
 
 static void add_vol(struct pool *p, struct gp *g, const char *name, const struct stat *st)
 {
-	unsigned char h[512];
-	const char *fmt = "raw";
-	uint64_t cap = (uint64_t)st->st_size;
+	unsigned char h[BD_VOL_PROBE_HEADER];
+	struct bd_vol_probe r;
 	char *fp = file_path(g, name), *uri = vol_uri(g, name);
 
+	bd_vol_probe(h, 0, (uint64_t)st->st_size, NULL, NULL, &r); /* raw, unless read below */
 	if (fp && uri) {
 		glfs_fd_t *fd = glfs_open(gl_conn_fs(g->conn), fp, O_RDONLY);
 		if (fd) {
 			ssize_t n = glfs_pread(fd, h, sizeof(h), 0, 0, NULL);
-			if (n >= 72 && !memcmp(h, "QFI\xfb", 4)) {
-				fmt = "qcow2";
-				cap = be64(h + 24);
-			}
+			if (n > 0)
+				bd_vol_probe(h, (size_t)n, (uint64_t)st->st_size, probe_read, fd,
+					     &r);
 			glfs_close(fd);
 		}
-		struct vol *v =
-		    bd_pool_vol_add(p, name, uri, "file", fmt, cap, (uint64_t)st->st_blocks * 512);
+		struct vol *v = bd_pool_vol_add(p, name, uri, "file", r.format, r.capacity,
+						(uint64_t)st->st_blocks * 512);
 		if (v) {
+			bd_vol_probe_set(v, &r);
 			v->physical = (uint64_t)st->st_size;
 			v->size = (uint64_t)st->st_size;
 		}

@@ -74,23 +74,6 @@ static bool mounted(const char *target, char *fstype, size_t flen, char *source,
 	return found;
 }
 
-static int run(const char *const argv[], struct bd_err *err)
-{
-	char out[2048];
-	int r = bd_pool_run(argv, out, sizeof(out));
-	if (r == -ENOENT)
-		return bd_err_set(err, -ENOENT, "cannot run '%s': not installed", argv[0]);
-	if (r < 0)
-		return bd_err_set(err, r, "cannot run '%s': %s", argv[0], strerror(-r));
-	if (r > 0) {
-		for (char *c = out; *c; c++)
-			if (*c == '\n')
-				*c = ' ';
-		return bd_err_set(err, -EIO, "'%s' failed (status %d): %s", argv[0], r, out);
-	}
-	return 0;
-}
-
 static int ng_build(struct pool *p, enum bd_pool_build_mode mode, struct bd_err *err)
 {
 	const char *t = p->def->target_path;
@@ -138,7 +121,7 @@ static int ng_start(struct pool *p, struct bd_err *err)
 	else
 		snprintf(opts, sizeof(opts), "direct-io-mode=1");
 	const char *argv[] = {"mount", "-t", "glusterfs", "-o", opts, src, t, NULL};
-	if ((r = run(argv, err)) < 0)
+	if ((r = bd_pool_run_checked(argv, err)) < 0)
 		return bd_err_prefix(err, "cannot mount %s on '%s'", src, t);
 	return 0;
 }
@@ -149,7 +132,7 @@ static int ng_stop(struct pool *p, struct bd_err *err)
 	if (!mounted(t, NULL, 0, NULL, 0))
 		return 0;
 	const char *argv[] = {"umount", t, NULL};
-	return run(argv, err);
+	return bd_pool_run_checked(argv, err);
 }
 
 static int ng_delete(struct pool *p, struct bd_err *err)

@@ -11,7 +11,8 @@
  * driver ({"driver": "nfs", "filename": URL}).
  *
  * start: the export must mount; refresh: the directory listing (READDIRPLUS gives size and
- * used bytes), the header of new or changed files read to tell raw from qcow2; create: raw
+ * used bytes), the header of new or changed files probed (vol-probe.c: qcow2, qed, vmdk, vdi,
+ * vpc or raw; at most three reads of one file); create: raw
  * (sparse: NFSv3 has no ALLOCATE, so <allocation> is not preallocated) or qcow2 (the qcow2
  * driver's create over an nfs node); delete; resize (raw: SETATTR size; qcow2: through the
  * qcow2 driver, growing only); wipe (zero/trim: truncate to 0 and back, which leaves holes;
@@ -133,69 +134,36 @@ static int netfs_start(struct pool *p, struct bd_err *err)
 
 /* ---- refresh ---- */
 
-static uint32_t be32(const unsigned char *b)
+struct probe_file {
+	struct nfs_context *ctx;
+	struct nfsfh *fh;
+};
+
+static long probe_read(void *opaque, uint64_t off, void *buf, size_t len)
 {
-	return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+	struct probe_file *f = opaque;
+	return bd_nfs_pread(f->ctx, f->fh, off, len, buf, NETFS_TIMEOUT);
 }
 
-static uint64_t be64(const unsigned char *b)
-{
-	return (uint64_t)be32(b) << 32 | be32(b + 4);
-}
-
-/* The format fields of v from the first n bytes of its file (raw unless a qcow2 header). */
-static void probe_header(struct vol *v, const unsigned char *h, size_t n, uint64_t size)
-{
-	free(v->format);
-	free(v->backing_path);
-	free(v->backing_format);
-	free(v->compat);
-	v->backing_path = v->backing_format = v->compat = NULL;
-	v->cluster_size = 0;
-	v->lazy_refcounts = v->extended_l2 = false;
-	v->capacity = size;
-	if (n < 72 || memcmp(h, "QFI\xfb", 4)) {
-		v->format = strdup("raw");
-		return;
-	}
-	uint32_t version = be32(h + 4), blen = be32(h + 16), cbits = be32(h + 20);
-	uint64_t boff = be64(h + 8);
-	uint32_t hlen = 72;
-	v->format = strdup("qcow2");
-	v->capacity = be64(h + 24);
-	if (cbits >= 9 && cbits <= 21)
-		v->cluster_size = 1ull << cbits;
-	v->compat = strdup(version >= 3 ? "1.1" : "0.10");
-	if (version >= 3 && n >= 104) {
-		v->extended_l2 = be64(h + 72) & (1u << 4);
-		v->lazy_refcounts = be64(h + 80) & 1;
-		hlen = be32(h + 100);
-	}
-	if (boff && blen && blen < 1024 && boff < n && blen <= n - boff)
-		v->backing_path = strndup((const char *)h + boff, blen);
-	for (uint64_t off = hlen; off + 8 <= n;) {
-		uint32_t type = be32(h + off), len = be32(h + off + 4);
-		if (type == 0)
-			break;
-		if (type == 0xE2792ACA && len < 64 && off + 8 + len <= n)
-			v->backing_format = strndup((const char *)h + off + 8, len);
-		off += 8 + (((uint64_t)len + 7) & ~7ull);
-	}
-}
-
+/* The format fields of v (vol-probe.c) from its header, read over NFS (a file that cannot be
+ * opened or read is listed as raw). */
 static void probe_vol(struct nfs_context *ctx, struct vol *v, uint64_t size)
 {
-	unsigned char h[4096];
-	struct nfsfh *fh;
+	unsigned char h[BD_VOL_PROBE_HEADER];
+	struct probe_file f = {.ctx = ctx};
+	struct bd_vol_probe r;
 	char path[4096];
 	long n = 0;
 
 	snprintf(path, sizeof(path), "/%s", v->name);
-	if (size && bd_nfs_open(ctx, path, O_RDONLY, 0, &fh, NETFS_TIMEOUT) == 0) {
-		n = bd_nfs_pread(ctx, fh, 0, sizeof(h), h, NETFS_TIMEOUT);
-		bd_nfs_close(ctx, fh, NETFS_TIMEOUT);
+	if (size && bd_nfs_open(ctx, path, O_RDONLY, 0, &f.fh, NETFS_TIMEOUT) == 0) {
+		n = bd_nfs_pread(ctx, f.fh, 0, sizeof(h), h, NETFS_TIMEOUT);
+		bd_vol_probe(h, n > 0 ? (size_t)n : 0, size, n > 0 ? probe_read : NULL, &f, &r);
+		bd_nfs_close(ctx, f.fh, NETFS_TIMEOUT);
+	} else {
+		bd_vol_probe(h, 0, size, NULL, NULL, &r);
 	}
-	probe_header(v, h, n > 0 ? (size_t)n : 0, size);
+	bd_vol_probe_set(v, &r);
 }
 
 static int netfs_refresh(struct pool *p, struct bd_err *err)

@@ -27,6 +27,7 @@ struct vol {
 	char *backing_path;
 	char *backing_format;
 	char *compat;
+	bool backing_odd; /* a backing file is named but unreadable or unprintable */
 	uint64_t cluster_size;
 	bool lazy_refcounts, extended_l2;
 	/* logical volumes without device-mapper: the bytes are a window of this device */
@@ -125,6 +126,29 @@ int bd_pool_dir_vol_resize(struct pool *p, struct vol *v, uint64_t cap, unsigned
 void bd_pool_vols_clear(struct pool *p);
 struct vol_task;
 
+/* vol-probe.c: [any] what a volume's file holds, from its first bytes.  Pure: the only I/O is
+ * the caller's read callback (file offset, buffer, length -> bytes read or -errno), used for a
+ * backing file name outside the given bytes and for a vpc footer at the end of the file. */
+#define BD_VOL_PROBE_HEADER 4096   /* bytes of the file's start a caller passes (fewer if short) */
+#define BD_VOL_PROBE_NAME_MAX 1024 /* backing file names are shorter (QEMU's limit) */
+typedef long (*bd_vol_probe_read_fn)(void *opaque, uint64_t off, void *buf, size_t len);
+struct bd_vol_probe {
+	const char *format; /* raw, qcow2, qcow, vmdk, qed, vdi, vpc (static strings) */
+	uint64_t capacity;  /* virtual size in bytes (raw: the file size); at most INT64_MAX */
+	const char *compat; /* qcow2: "0.10" or "1.1", else NULL */
+	uint64_t cluster_size;
+	bool lazy_refcounts, extended_l2;
+	bool has_backing; /* the header names a backing file */
+	bool backing_odd; /* ... which could not be read, or is not printable UTF-8 */
+	char backing_path[BD_VOL_PROBE_NAME_MAX]; /* "" when none or odd */
+	char backing_format[64];                  /* "" when not given */
+};
+/* h: the first n bytes of the file of size bytes; rd may be NULL (then no reads). */
+void bd_vol_probe(const unsigned char *h, size_t n, uint64_t size, bd_vol_probe_read_fn rd,
+		  void *opaque, struct bd_vol_probe *r);
+/* [control] Copy a probe result into v's format fields (capacity included).  0 or -ENOMEM. */
+int bd_vol_probe_set(struct vol *v, const struct bd_vol_probe *r);
+
 /* vol.c: the volume cache and lookups, shared with vol-create.c */
 struct vol *bd_vol_new(const char *dir, const char *name);
 /* (Re)read v's file (force: even if inode, size and mtime did not change). */
@@ -137,6 +161,9 @@ int bd_vol_fd(struct vol *v, int flags, uint64_t *base, uint64_t *size, struct b
 /* A volume by name in pool, or by path/key in any pool when pool is NULL (*pp its pool). */
 struct vol *bd_vol_lookup(const char *pool, const char *name, struct pool **pp,
 			  struct bd_err *err);
+/* bd_vol_lookup() for an operation on the volume's bytes: -EBUSY while a task runs on it. */
+struct vol *bd_vol_find_idle(const char *pool, const char *name, struct pool **pp,
+			     struct bd_err *err);
 /* -EBUSY (err set) if a node or export uses v. */
 int bd_vol_check_unused(struct pool *p, struct vol *v, struct bd_err *err);
 /* vol-create.c */
@@ -144,6 +171,8 @@ int bd_vol_create_qcow2(const char *path, struct bd_vol_def *def, bool prealloc,
 			struct bd_err *err);
 /* [control] A task's end for file volumes: list a clone or remove its file; reread. */
 void bd_vol_task_finished(struct vol_task *t);
+/* [control] The same after closing the task's src/dst graph nodes. */
+void bd_vol_node_task_finished(struct vol_task *t);
 
 /* vol-task.c: the data phase of wipe, upload, download and clone. */
 enum vol_task_kind { VT_WIPE, VT_UPLOAD, VT_DOWNLOAD, VT_CLONE, VT_CONVERT };

@@ -77,8 +77,9 @@ void bd_vol_task_finished(struct vol_task *t)
 		bd_vol_after_change(p, v);
 }
 
-/* [control] The end of a conversion: close its two nodes, then as a clone. */
-static void convert_finished(struct vol_task *t)
+/* [control] The end of a task whose bytes moved through graph nodes (a conversion, an upload
+ * or download of a volume reached through a protocol driver): close them, then as above. */
+void bd_vol_node_task_finished(struct vol_task *t)
 {
 	struct bd_err e = {0};
 	if (t->src)
@@ -133,7 +134,7 @@ static int convert_start(struct pool *p, struct bd_vol_def *def, const struct bd
 	t->src = sn;
 	t->dst = dn;
 	t->len = src->capacity;
-	t->finish = convert_finished;
+	t->finish = bd_vol_node_task_finished;
 	return bd_vol_task_start(t, p->def->name, def->name, o ? o->job_id : NULL, err);
 }
 

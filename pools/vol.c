@@ -1,7 +1,8 @@
 /*
- * vol.c - volumes of the file-based pools (dir, fs): the refresh scan with its cache, volume
- * create / clone / delete / resize / wipe / upload / download (their data phase is in
- * vol-task.c), the volume queries and opening a volume as a graph node.  [control thread]
+ * vol.c - the volume cache of every pool, the refresh scan of the file-based pools (dir, fs;
+ * formats from vol-probe.c), lookups, in-use checks, the volume queries and opening a volume
+ * as a graph node.  Create and clone are in vol-create.c; delete, resize, wipe, upload and
+ * download in vol-ops.c.  [control thread]
  *
  * Refresh is incremental: a file whose inode, size and mtime did not change keeps its probed
  * format and sizes, so a refresh of a large pool costs one readdir and one fstatat per file.
@@ -10,13 +11,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <inttypes.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -147,155 +144,25 @@ void bd_vol_after_change(struct pool *p, struct vol *v)
 		p->be->refresh(p, NULL);
 }
 
-static void vol_remove(struct pool *p, struct vol *v)
-{
-	for (size_t i = 0; i < p->nvols; i++)
-		if (p->vols[i] == v) {
-			memmove(&p->vols[i], &p->vols[i + 1],
-				(p->nvols - i - 1) * sizeof(*p->vols));
-			p->nvols--;
-			break;
-		}
-	bd_vol_free(v);
-}
-
 /* ---- probing ---- */
 
-static uint32_t be32(const unsigned char *b)
+static long probe_read(void *opaque, uint64_t off, void *buf, size_t len)
 {
-	return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
-static uint64_t be64(const unsigned char *b)
-{
-	return (uint64_t)be32(b) << 32 | be32(b + 4);
-}
-
-static uint32_t le32(const unsigned char *b)
-{
-	return (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[1] << 8 | b[0];
-}
-
-static uint64_t le64(const unsigned char *b)
-{
-	return (uint64_t)le32(b + 4) << 32 | le32(b);
-}
-
-/* A VHD footer's virtual size, by the rule QEMU (and blockd's vpc driver) use: the CHS
- * geometry, except for creators known to size by current_size or a maximal geometry. */
-static uint64_t vpc_size(const unsigned char *f)
-{
-	uint64_t cur = be64(f + 48);
-	uint64_t chs = (uint64_t)((unsigned)f[56] << 8 | f[57]) * f[58] * f[59];
-	static const char *const by_size[] = {"win ", "qem2", "d2v ", "CTXS", "tap"};
-	bool use_chs = chs != 65535ull * 16 * 255;
-	for (size_t i = 0; i < sizeof(by_size) / sizeof(by_size[0]); i++)
-		if (!memcmp(f + 28, by_size[i], strlen(by_size[i])))
-			use_chs = false;
-	return use_chs ? chs * 512 : cur & ~511ull;
-}
-
-/* The virtual size of a vmdk descriptor: its extent lines ("RW 2097152 SPARSE ...") add up. */
-static uint64_t vmdk_descriptor_size(const char *text, size_t len)
-{
-	uint64_t sectors = 0;
-	for (size_t i = 0; i < len;) {
-		const char *line = text + i, *end = memchr(line, '\n', len - i);
-		size_t l = end ? (size_t)(end - line) : len - i;
-		char buf[128];
-		unsigned long long n;
-		snprintf(buf, sizeof(buf), "%.*s", (int)(l < sizeof(buf) - 1 ? l : sizeof(buf) - 1),
-			 line);
-		if ((sscanf(buf, "RW %llu", &n) == 1 || sscanf(buf, "RDONLY %llu", &n) == 1) &&
-		    n < (1ull << 50))
-			sectors += n;
-		i += l + 1;
-	}
-	return sectors * 512;
+	ssize_t n = off > (uint64_t)INT64_MAX ? -1 : pread(*(int *)opaque, buf, len, (off_t)off);
+	return n < 0 ? -errno : (long)n;
 }
 
 /* Fill v's format-dependent fields from the open file fd (size bytes).  Formats are known by
- * their signatures, as libvirt's storage driver knows them; blockd opens a volume with the
- * format found here (never guessing for a node opened by hand). */
-static void probe(struct vol *v, int fd, uint64_t size)
+ * their signatures, as libvirt's storage driver knows them (vol-probe.c); blockd opens a volume
+ * with the format found here (never guessing for a node opened by hand). */
+static int probe(struct vol *v, int fd, uint64_t size)
 {
-	unsigned char h[4096];
+	unsigned char h[BD_VOL_PROBE_HEADER];
+	struct bd_vol_probe r;
 	ssize_t n = pread(fd, h, sizeof(h), 0);
 
-	free(v->format);
-	free(v->backing_path);
-	free(v->backing_format);
-	free(v->compat);
-	v->backing_path = v->backing_format = v->compat = NULL;
-	v->cluster_size = 0;
-	v->lazy_refcounts = v->extended_l2 = false;
-	v->capacity = size;
-	if (n >= 72 && !memcmp(h, "QFI\xfb", 4)) {
-		uint32_t version = be32(h + 4);
-		uint64_t boff = be64(h + 8);
-		uint32_t blen = be32(h + 16);
-		uint32_t cbits = be32(h + 20);
-		v->format = strdup("qcow2");
-		v->capacity = be64(h + 24);
-		if (cbits >= 9 && cbits <= 21)
-			v->cluster_size = 1ull << cbits;
-		v->compat = strdup(version >= 3 ? "1.1" : "0.10");
-		uint32_t hlen = 72;
-		if (version >= 3 && n >= 104) {
-			uint64_t incompat = be64(h + 72), compat = be64(h + 80);
-			v->lazy_refcounts = compat & 1;
-			v->extended_l2 = incompat & (1u << 4);
-			hlen = be32(h + 100);
-		}
-		if (boff && blen && blen < 1024) {
-			char *bp = calloc(1, blen + 1);
-			if (bp && pread(fd, bp, blen, (off_t)boff) == (ssize_t)blen)
-				v->backing_path = bp;
-			else
-				free(bp);
-		}
-		/* header extensions: the backing file format */
-		for (uint32_t off = hlen; off + 8 <= (uint32_t)n && off < 4096;) {
-			uint32_t type = be32(h + off), len = be32(h + off + 4);
-			if (type == 0)
-				break;
-			if (type == 0xE2792ACA && off + 8 + len <= (uint32_t)n && len < 64)
-				v->backing_format = strndup((const char *)h + off + 8, len);
-			off += 8 + ((len + 7) & ~7u);
-		}
-	} else if (n >= 20 && !memcmp(h, "KDMV", 4)) {
-		v->format = strdup("vmdk"); /* monolithicSparse / streamOptimized: sectors at 12 */
-		v->capacity = le64(h + 12) * 512;
-	} else if (n >= 21 && !memcmp(h, "# Disk DescriptorFile", 21)) {
-		v->format = strdup("vmdk"); /* a descriptor: the extents' sectors add up */
-		v->capacity = vmdk_descriptor_size((const char *)h, (size_t)n);
-	} else if (n >= 64 && !memcmp(h, "QED\0", 4)) {
-		v->format = strdup("qed");
-		v->capacity = le64(h + 48);
-		uint32_t boff = le32(h + 56), blen = le32(h + 60);
-		if (boff && blen && blen < 1024) {
-			char *bp = calloc(1, blen + 1);
-			if (bp && pread(fd, bp, blen, (off_t)boff) == (ssize_t)blen)
-				v->backing_path = bp;
-			else
-				free(bp);
-		}
-	} else if (n >= 0x178 && le32(h + 0x40) == 0xbeda107fu) {
-		v->format = strdup("vdi");
-		v->capacity = le64(h + 0x170);
-	} else if (n >= 64 && !memcmp(h, "conectix", 8)) {
-		v->format = strdup("vpc"); /* dynamic: a copy of the footer at 0 */
-		v->capacity = vpc_size(h);
-	} else {
-		unsigned char f[512];
-		if (size >= 1024 && pread(fd, f, sizeof(f), (off_t)(size - 512)) == 512 &&
-		    !memcmp(f, "conectix", 8)) {
-			v->format = strdup("vpc"); /* fixed: the footer ends the file */
-			v->capacity = vpc_size(f);
-		} else {
-			v->format = strdup("raw");
-		}
-	}
+	bd_vol_probe(h, n > 0 ? (size_t)n : 0, size, probe_read, &fd, &r);
+	return bd_vol_probe_set(v, &r);
 }
 
 struct vol *bd_vol_new(const char *dir, const char *name)
@@ -336,8 +203,10 @@ int bd_vol_stat(struct vol *v, int dirfd, const char *name, bool force)
 		off_t e = lseek(fd, 0, SEEK_END);
 		size = e > 0 ? (uint64_t)e : 0;
 	}
-	probe(v, fd, size);
+	r = probe(v, fd, size);
 	close(fd);
+	if (r < 0)
+		return r;
 	free(v->type);
 	v->type = strdup(blk ? "block" : "file");
 	v->ino = st.st_ino;
@@ -511,78 +380,9 @@ struct vol *bd_vol_lookup(const char *pool, const char *name, struct pool **pp,
 	return NULL;
 }
 
-static struct vol *find_vol_idle(const char *pool, const char *name, struct pool **pp,
-				 struct bd_err *err);
-
-int bd_vol_delete(const char *pool, const char *name, struct bd_err *err)
-{
-	return bd_vol_delete_flags(pool, name, 0, err);
-}
-
-int bd_vol_delete_flags(const char *pool, const char *name, unsigned flags, struct bd_err *err)
-{
-	struct pool *p;
-	struct vol *v = find_vol_idle(pool, name, &p, err);
-	int r;
-	if (!v)
-		return err->code;
-	if ((r = bd_vol_check_unused(p, v, err)) < 0)
-		return r;
-	if (flags & BD_VOL_DELETE_SNAPSHOTS) {
-		if (!p->be->vol_delete_snapshots)
-			return bd_err_set(err, -ENOTSUP,
-					  "pool '%s' (type %s) does not support delete-snapshots",
-					  p->def->name, p->def->type);
-		if ((r = p->be->vol_delete_snapshots(p, v, err)) < 0)
-			return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-	}
-	if (!p->be->vol_delete)
-		return bd_err_set(err, -ENOTSUP, "pool '%s' (type %s) cannot delete volumes",
-				  p->def->name, p->def->type);
-	if ((r = p->be->vol_delete(p, v, err)) < 0)
-		return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-	vol_remove(p, v);
-	return 0;
-}
-
-int bd_vol_resize(const char *pool, const char *name, uint64_t capacity, unsigned flags,
-		  struct bd_err *err)
-{
-	struct pool *p;
-	struct vol *v = find_vol_idle(pool, name, &p, err);
-	uint64_t cap = capacity;
-	int r;
-	if (!v)
-		return err->code;
-	if (flags & BD_RESIZE_DELTA) {
-		if (flags & BD_RESIZE_SHRINK)
-			cap = capacity > v->capacity ? 0 : v->capacity - capacity;
-		else if (v->capacity > UINT64_MAX - capacity)
-			return bd_err_set(err, -ERANGE, "new capacity is too large");
-		else
-			cap = v->capacity + capacity;
-	}
-	if (cap == 0)
-		return bd_err_set(err, -EINVAL, "cannot resize volume '%s' to 0 bytes", v->name);
-	if (cap < v->capacity && !(flags & BD_RESIZE_SHRINK))
-		return bd_err_set(err, -EINVAL,
-				  "Can't shrink capacity below current capacity unless shrink "
-				  "flag explicitly specified");
-	if (cap > v->capacity && (flags & BD_RESIZE_SHRINK) && !(flags & BD_RESIZE_DELTA))
-		return bd_err_set(err, -EINVAL, "shrink given but the new capacity is larger");
-	if ((r = bd_vol_check_unused(p, v, err)) < 0)
-		return r;
-	if (!p->be->vol_resize)
-		return bd_err_set(err, -ENOTSUP, "pool '%s' cannot resize volumes", p->def->name);
-	if ((r = p->be->vol_resize(p, v, cap, flags, err)) < 0)
-		return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-	bd_vol_after_change(p, v);
-	return 0;
-}
-
 /* find_vol for an operation that changes or reads the volume's bytes */
-static struct vol *find_vol_idle(const char *pool, const char *name, struct pool **pp,
-				 struct bd_err *err)
+struct vol *bd_vol_find_idle(const char *pool, const char *name, struct pool **pp,
+			     struct bd_err *err)
 {
 	struct vol *v = bd_vol_lookup(pool, name, pp, err);
 	if (v && bd_vol_task_busy((*pp)->def->name, v->name)) {
@@ -593,255 +393,7 @@ static struct vol *find_vol_idle(const char *pool, const char *name, struct pool
 	return v;
 }
 
-int bd_vol_wipe(const char *pool, const char *name, const char *alg, uint64_t *job_id,
-		struct bd_err *err)
-{
-	struct pool *p;
-	struct vol *v = find_vol_idle(pool, name, &p, err);
-	int r, fd;
-	if (!v)
-		return err->code;
-	if (!alg)
-		alg = "zero";
-	int a = bd_vol_wipe_alg_find(alg);
-	if (a < 0)
-		return bd_err_set(err, -ENOTSUP, "wipe algorithm '%s' is not supported (supported: %s)",
-				  alg, bd_vol_wipe_alg_names());
-	if ((r = bd_vol_check_unused(p, v, err)) < 0)
-		return r;
-	if (p->be->vol_wipe) {
-		if ((r = p->be->vol_wipe(p, v, alg, err)) < 0)
-			return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-		bd_vol_after_change(p, v);
-		if (job_id)
-			*job_id = 0; /* done already */
-		return 0;
-	}
-	if (p->be->vol_file_opts)
-		return bd_err_set(err, -ENOTSUP, "pool '%s' (type %s) cannot wipe volumes",
-				  p->def->name, p->def->type);
-	if (!strcmp(v->format, "qcow2")) {
-		if (strcmp(alg, "zero"))
-			return bd_err_set(err, -ENOTSUP,
-					  "only the zero algorithm wipes qcow2 volumes (their "
-					  "clusters move: overwrite a raw volume instead)");
-		/* libvirt's way: a new empty image with the same parameters (fast: inline) */
-		struct bd_vol_def d = {.name = v->name,
-				       .capacity = v->capacity,
-				       .has_capacity = true,
-				       .compat = v->compat,
-				       .cluster_size = v->cluster_size,
-				       .lazy_refcounts = v->lazy_refcounts,
-				       .extended_l2 = v->extended_l2,
-				       .backing_path = v->backing_path,
-				       .backing_format = v->backing_format,
-				       .perms = {-1, -1, -1, NULL}};
-		fd = open(v->path, O_WRONLY | O_TRUNC | O_CLOEXEC);
-		if (fd < 0)
-			return bd_err_set(err, -errno, "cannot open '%s': %s", v->path,
-					  strerror(errno));
-		close(fd);
-		if ((r = bd_vol_create_qcow2(v->path, &d, false, err)) < 0)
-			return bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-		bd_vol_after_change(p, v);
-		if (job_id)
-			*job_id = 0; /* done already */
-		return 0;
-	}
-	struct vol_task *t = bd_vol_task_new(VT_WIPE, "wipe");
-	if (!t)
-		return bd_err_set(err, -ENOMEM, "out of memory");
-	t->out = bd_vol_fd(v, O_WRONLY, &t->out_off, &t->len, err);
-	if (t->out < 0) {
-		r = t->out;
-		t->out = -1;
-		bd_vol_task_free(t);
-		return r;
-	}
-	t->alg = a;
-	t->punch = !v->dev;
-	t->finish = bd_vol_task_finished;
-	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
-		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-	return r;
-}
-
-/* The source or destination of an upload/download: the caller's fd (consumed) or a file. */
-static int user_fd(const char *file, int fd, int flags, struct bd_err *err)
-{
-	if (fd >= 0)
-		return fd;
-	if (!file)
-		return bd_err_set(err, -EINVAL, "need a file or a file descriptor");
-	fd = open(file, flags | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return bd_err_set(err, -errno, "cannot open '%s': %s", file, strerror(errno));
-	return fd;
-}
-
-/* Volumes reached through a protocol driver (rbd, gluster, nfs, iscsi): their bytes are a
- * temporary graph node of that protocol, which the task's finish hook closes. */
-static struct bd_node *open_vol_bytes(struct pool *p, struct vol *v, bool ro, char *name,
-				      size_t namelen, struct bd_err *err)
-{
-	static unsigned seq;
-	json_t *o = p->be->vol_file_opts(p, v, err);
-	if (!o)
-		return NULL;
-	snprintf(name, namelen, "pool-data-%u", ++seq);
-	json_object_set_new(o, "node-name", json_string(name));
-	json_object_set_new(o, "read-only", json_boolean(ro));
-	struct bd_node *n = bd_node_open(o, err);
-	json_decref(o);
-	return n;
-}
-
-static void node_task_finished(struct vol_task *t)
-{
-	struct bd_err e = {0};
-	if (t->src)
-		bd_graph_del(t->src_node, &e);
-	if (t->dst)
-		bd_graph_del(t->dst_node, &e);
-	bd_vol_task_finished(t);
-}
-
-int bd_vol_upload(const char *pool, const char *name, const char *file, int fd, uint64_t offset,
-		  uint64_t length, uint64_t *job_id, struct bd_err *err)
-{
-	struct pool *p;
-	struct vol *v = find_vol_idle(pool, name, &p, err);
-	struct stat st;
-	int r;
-	if (!v || (r = bd_vol_check_unused(p, v, err)) < 0) {
-		if (fd >= 0)
-			close(fd);
-		return err->code;
-	}
-	int in = user_fd(file, fd, O_RDONLY, err);
-	if (in < 0)
-		return in;
-	if (fstat(in, &st) < 0 || S_ISDIR(st.st_mode)) {
-		close(in);
-		return bd_err_set(err, -EINVAL, "the upload source is not a file, pipe or socket");
-	}
-	uint64_t len = length ? length : UINT64_MAX;
-	if (!bd_vol_fd_is_stream(in)) {
-		if (!S_ISREG(st.st_mode)) {
-			close(in);
-			return bd_err_set(err, -EINVAL, "the upload source is not a regular file");
-		}
-		if (len > (uint64_t)st.st_size)
-			len = (uint64_t)st.st_size;
-	}
-	struct vol_task *t = bd_vol_task_new(VT_UPLOAD, "upload");
-	if (!t) {
-		close(in);
-		return bd_err_set(err, -ENOMEM, "out of memory");
-	}
-	t->in = in;
-	uint64_t base = 0, vsize;
-	if (p->be->vol_file_opts) {
-		t->dst = open_vol_bytes(p, v, false, t->dst_node, sizeof(t->dst_node), err);
-		if (!t->dst) {
-			bd_vol_task_free(t);
-			return err->code;
-		}
-		vsize = bd_node_size(t->dst);
-		t->limit = vsize; /* a protocol node does not grow: qcow2 too */
-		t->finish = node_task_finished;
-	} else if ((t->out = bd_vol_fd(v, O_WRONLY, &base, &vsize, err)) < 0) {
-		r = t->out;
-		t->out = -1;
-		bd_vol_task_free(t);
-		return r;
-	}
-	if (!t->finish)
-		t->finish = bd_vol_task_finished;
-	if (t->limit || strcmp(v->format, "qcow2")) {
-		/* raw bytes stay inside the volume; a qcow2 volume takes a whole image file */
-		if (offset > vsize || (len != UINT64_MAX && len > vsize - offset)) {
-			bd_vol_task_free(t);
-			return bd_err_set(err, -ENOSPC,
-					  "upload of %" PRIu64 " bytes at offset %" PRIu64
-					  " would go past the end of volume '%s' (%" PRIu64 " bytes)",
-					  len, offset, v->name, vsize);
-		}
-		t->limit = base + vsize;
-	}
-	t->out_base = base;
-	t->out_off = base + offset;
-	t->len = len;
-	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
-		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-	return r;
-}
-
-int bd_vol_download(const char *pool, const char *name, const char *file, int fd,
-		    uint64_t offset, uint64_t length, bool sparse, uint64_t *job_id,
-		    struct bd_err *err)
-{
-	struct pool *p;
-	struct vol *v = find_vol_idle(pool, name, &p, err);
-	int r;
-	if (!v) {
-		if (fd >= 0)
-			close(fd);
-		return err->code;
-	}
-	uint64_t base = 0, vsize = 0;
-	int in = -1;
-	struct bd_node *src = NULL;
-	char src_name[48] = "";
-	if (p->be->vol_file_opts) {
-		src = open_vol_bytes(p, v, true, src_name, sizeof(src_name), err);
-		if (src)
-			vsize = bd_node_size(src);
-	} else {
-		in = bd_vol_fd(v, O_RDONLY, &base, &vsize, err);
-	}
-	if (in < 0 && !src) {
-		if (fd >= 0)
-			close(fd);
-		return err->code;
-	}
-	if (offset > vsize) {
-		struct bd_err e = {0};
-		if (src)
-			bd_graph_del(src_name, &e);
-		if (in >= 0)
-			close(in);
-		if (fd >= 0)
-			close(fd);
-		return bd_err_set(err, -EINVAL, "offset is past the end of volume '%s'", v->name);
-	}
-	uint64_t len = length ? length : vsize - offset;
-	if (len > vsize - offset)
-		len = vsize - offset;
-	int out = user_fd(file, fd, O_WRONLY | O_CREAT | O_TRUNC, err);
-	struct vol_task *t = out >= 0 ? bd_vol_task_new(VT_DOWNLOAD, "download") : NULL;
-	if (!t) {
-		struct bd_err e = {0};
-		if (src)
-			bd_graph_del(src_name, &e);
-		if (in >= 0)
-			close(in);
-		if (out >= 0)
-			close(out);
-		return out < 0 ? out : bd_err_set(err, -ENOMEM, "out of memory");
-	}
-	t->in = in;
-	t->src = src;
-	memcpy(t->src_node, src_name, sizeof(t->src_node));
-	t->out = out;
-	t->in_off = base + offset;
-	t->len = len;
-	t->sparse = sparse;
-	t->finish = src ? node_task_finished : bd_vol_task_finished;
-	if ((r = bd_vol_task_start(t, p->def->name, v->name, job_id, err)) < 0)
-		bd_err_prefix(err, "pool '%s': volume '%s'", p->def->name, v->name);
-	return r;
-}
+/* ---- queries ---- */
 
 static json_t *vol_json(struct vol *v)
 {
@@ -959,6 +511,14 @@ static const char *open_format(struct vol *v, const char *format, struct bd_err 
 			   v->name);
 		return NULL;
 	}
+	if ((!strcmp(probed, "qcow2") || !strcmp(probed, "qed")) && v->backing_odd) {
+		bd_err_set(err, -EPERM,
+			   "volume '%s' looks like a %s image whose backing file name cannot be "
+			   "read or is not printable: pass format=%s to open it as such, or "
+			   "format=raw",
+			   v->name, probed, probed);
+		return NULL;
+	}
 	if ((!strcmp(probed, "qcow2") || !strcmp(probed, "qed")) && v->backing_path &&
 	    !backing_in_a_pool(v)) {
 		bd_err_set(err, -EPERM,
@@ -975,7 +535,7 @@ int bd_vol_open(const char *pool, const char *name, const char *node_name, const
 		bool read_only, struct bd_err *err)
 {
 	struct pool *p;
-	struct vol *v = find_vol_idle(pool, name, &p, err);
+	struct vol *v = bd_vol_find_idle(pool, name, &p, err);
 	if (!v)
 		return err->code;
 	const char *fmt = open_format(v, format, err);

@@ -61,7 +61,7 @@ void nbd_export_put(struct nbd_export *exp);
 void nbd_export_del_all(void);
 
 /* ---- Connections ----------------------------------------------------------------------------- */
-struct nbd_req; /* transmission.c */
+struct nbd_req; /* transmission-int.h */
 
 enum nbd_conn_phase {
 	NBD_CONN_HANDSHAKE,    /* on the main loop (server.c) */

@@ -1,15 +1,16 @@
 #!/bin/bash
 # netfs-nfs.sh: a netfs pool with <format type='nfs'/> against nfs-ganesha, with no kernel
-# mount: define/start, refresh lists the export's files (raw and qcow2 told apart, hidden files
-# and directories left out), vol create (raw, qcow2), resize, wipe, delete, each checked on the
-# server's directory; a volume opened as a node and written through NBD; qemu-img check of a
-# qcow2 volume; in-use refusals; find-storage-pool-sources lists the exports; a pool whose
-# export does not exist fails to start.
+# mount: define/start, refresh lists the export's files (formats probed: raw, qcow2, a fixed
+# vpc, a hostile qcow2 header; hidden files and directories left out), vol create (raw,
+# qcow2), resize, wipe, delete, each checked on the server's directory; a volume opened as a
+# node and written through NBD; qemu-img check of a qcow2 volume; in-use refusals;
+# find-storage-pool-sources lists the exports; a pool whose export does not exist fails to
+# start.
 # meson-suite: slow
 # meson-timeout: 240
 source "$(dirname "$0")/../lib/common.sh"
 source "$(dirname "$0")/../lib/nfs.sh"
-need qemu-io qemu-img cmp
+need qemu-io qemu-img cmp python3
 : "${BLOCKCTL:=${BUILD_DIR:-$(dirname "$BLOCKD")}/blockctl}"
 [ -x "$BLOCKCTL" ] || skip "blockctl not built"
 _bd_need_blockd
@@ -62,6 +63,30 @@ assert_contains "$(bc vol-list np)" "late.raw"
 rm "$E/late.raw"
 bc pool-refresh np >/dev/null
 assert_not_contains "$(bc vol-list np)" "late.raw"
+
+# the probe over NFS (pools/vol-probe.c): a fixed VHD is known by the footer at the end of the
+# file (a second read); a qcow2 header extension of length 0xFFFFFFF8 (which looped the dir
+# pools' refresh before) is listed promptly as qcow2
+qemu-img create -q -f vpc -o subformat=fixed "$E/f.vpc" 8M
+cp "$E/b.qcow2" "$E/wrap.img"
+python3 - "$E/wrap.img" <<'PY'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    hlen = struct.unpack(">I", f.read(104)[100:104])[0]
+    f.seek(hlen); f.write(struct.pack(">II", 0x12345678, 0xFFFFFFF8))
+PY
+out=$(timeout 30 "$BLOCKCTL" --socket "$T/c.sock" pool-refresh np 2>&1) || fail "pool-refresh: $out"
+vsize=$(qemu-img info -f vpc --output=json "$E/f.vpc" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+fmt_cap() {
+	bc qmp vol-info "{\"pool\":\"np\",\"vol\":\"$1\"}" |
+		python3 -c 'import json,sys; d=json.load(sys.stdin); d=d.get("return",d); print(d["format"], d["capacity"])'
+}
+assert_eq "$(fmt_cap f.vpc)" "vpc $vsize"
+assert_eq "$(fmt_cap wrap.img)" "qcow2 16777216"
+assert_eq "$(fmt_cap b.qcow2)" "qcow2 16777216"
+assert_eq "$(fmt_cap a.raw)" "raw 8388608"
+rm "$E/f.vpc" "$E/wrap.img"
+bc pool-refresh np >/dev/null
 
 # create raw and qcow2
 out=$(bc vol-create-as np v1 32M 2>&1) || fail "vol-create-as raw: $out"
