@@ -1,7 +1,10 @@
 /*
  * pool-run.c - running the external tools of the pool backends (mkfs, mount, parted, lvm,
  * blkid, ...): fork and exec without a shell, stdout and stderr collected into bounded
- * buffers, the exit status returned.  [control thread]
+ * buffers, the exit status returned.  A tool that does not finish within the tool timeout
+ * (BLOCKD_POOL_TOOL_TIMEOUT seconds, default 600: a mount of a dead server, a wedged lvm) is
+ * killed with its process group and the call fails with -ETIMEDOUT, so that the control
+ * thread is never held forever.  [control thread]
  */
 #include "pools/pools-int.h"
 
@@ -12,7 +15,29 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#define POOL_TOOL_TIMEOUT_DEFAULT 600
+
+static unsigned tool_timeout(void)
+{
+	const char *e = getenv("BLOCKD_POOL_TOOL_TIMEOUT");
+	char *end;
+	unsigned long v;
+
+	if (!e || !*e)
+		return POOL_TOOL_TIMEOUT_DEFAULT;
+	v = strtoul(e, &end, 10);
+	return *end || v == 0 || v > 86400 ? POOL_TOOL_TIMEOUT_DEFAULT : (unsigned)v;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Append up to what fits of r bytes to out (NUL terminated, outlen > 0). */
 static void collect(char *out, size_t outlen, size_t *n, const char *data, size_t r)
@@ -38,6 +63,9 @@ int bd_pool_run2(const char *const argv[], char *out, size_t outlen, char *errou
 	pid_t pid;
 	int st;
 	size_t n = 0, ne = 0;
+	unsigned timeout = tool_timeout();
+	int64_t deadline = now_ms() + (int64_t)timeout * 1000;
+	bool timed_out = false;
 
 	if (out && outlen)
 		out[0] = '\0';
@@ -66,6 +94,7 @@ int bd_pool_run2(const char *const argv[], char *out, size_t outlen, char *errou
 		sigset_t all;
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);
+		setpgid(0, 0); /* its own group: a timeout kills its helpers too */
 		int nul = open("/dev/null", O_RDONLY);
 		if (nul >= 0)
 			dup2(nul, 0);
@@ -82,9 +111,20 @@ int bd_pool_run2(const char *const argv[], char *out, size_t outlen, char *errou
 	int open_fds = pe[0] >= 0 ? 2 : 1;
 	while (open_fds) {
 		char tmp[4096];
-		if (poll(pfd, 2, -1) < 0) {
+		int64_t left = deadline - now_ms();
+		int pr = left > 0 ? poll(pfd, 2, left > 1000000 ? 1000000 : (int)left) : 0;
+		if (pr < 0) {
 			if (errno == EINTR)
 				continue;
+			break;
+		}
+		if (pr == 0 && now_ms() >= deadline) {
+			timed_out = true;
+			kill(-pid, SIGKILL);
+			kill(pid, SIGKILL);
+			for (int i = 0; i < 2; i++)
+				if (pfd[i].fd >= 0)
+					close(pfd[i].fd);
 			break;
 		}
 		for (int i = 0; i < 2; i++) {
@@ -112,6 +152,11 @@ int bd_pool_run2(const char *const argv[], char *out, size_t outlen, char *errou
 	while (waitpid(pid, &st, 0) < 0)
 		if (errno != EINTR)
 			return -errno;
+	if (timed_out) {
+		bd_log(BD_LOG_WARN, "pool: '%s' did not finish within %u s: killed", argv[0],
+		       timeout);
+		return -ETIMEDOUT;
+	}
 	if (WIFEXITED(st))
 		return WEXITSTATUS(st) == 127 ? -ENOENT : WEXITSTATUS(st);
 	return 128 + WTERMSIG(st);
@@ -128,6 +173,11 @@ int bd_pool_run_checked(const char *const argv[], struct bd_err *err)
 	int r = bd_pool_run(argv, out, sizeof(out));
 	if (r == -ENOENT)
 		return bd_err_set(err, -ENOENT, "cannot run '%s': not installed", argv[0]);
+	if (r == -ETIMEDOUT)
+		return bd_err_set(err, r,
+				  "'%s' did not finish within %u s (BLOCKD_POOL_TOOL_TIMEOUT): "
+				  "killed",
+				  argv[0], tool_timeout());
 	if (r < 0)
 		return bd_err_set(err, r, "cannot run '%s': %s", argv[0], strerror(-r));
 	if (r > 0) {

@@ -234,7 +234,8 @@ struct vol *bd_pool_vol_add(struct pool *p, const char *name, const char *path, 
  * name in *node when so. */
 bool bd_pool_path_in_use(const char *path, bool prefix, const char **node);
 /* [control] Run argv (no shell), output collected in out (may be NULL).  Exit status, or
- * -errno if it could not run. */
+ * -errno if it could not run; -ETIMEDOUT (the tool and its process group killed) when it ran
+ * longer than BLOCKD_POOL_TOOL_TIMEOUT seconds (default 600). */
 int bd_pool_run(const char *const argv[], char *out, size_t outlen);
 /* The same with stdout in out and stderr in errout (when errout is non-NULL). */
 int bd_pool_run2(const char *const argv[], char *out, size_t outlen, char *errout, size_t errlen);
