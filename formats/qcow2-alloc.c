@@ -59,6 +59,14 @@ static void rbd_mark(struct q2 *s, uint64_t idx, uint32_t lo, uint32_t hi)
 	s->rbd[s->rbd_n++] = (struct q2_rbdirty){idx, lo, hi};
 }
 
+/* Cluster ci is (or may have been) written: it no longer counts as never written since open
+ * (copy-on-write zeroes onto it must be written). */
+void q2_zero_mark(struct q2 *s, uint64_t ci)
+{
+	if (ci >= s->zero_from)
+		s->zero_from = ci + 1;
+}
+
 /* Set a refcount; the block must exist.  -ERANGE on overflow. */
 int q2_rc_set(struct q2 *s, uint64_t ci, uint64_t v)
 {
@@ -74,6 +82,8 @@ int q2_rc_set(struct q2 *s, uint64_t ci, uint64_t v)
 	if (ret < 0)
 		return ret;
 	rbd_mark(s, r, lo, hi);
+	if (v)
+		q2_zero_mark(s, ci);
 	if (v == 0 && s->comp_next && ci == s->comp_next >> s->cb)
 		s->comp_next = 0; /* freed: compressed clusters are no longer packed there */
 	return 0;
@@ -286,6 +296,7 @@ int q2_rb_create(struct q2_req *qr)
 	if (!s->rb[r])
 		return -ENOMEM;
 	q2_refcount_set(s->rb[r], s->h.refcount_order, 0, 1);
+	q2_zero_mark(s, c);
 	s->reft[r] = off;
 	v = q2_miov_need(qr, 1);
 	v[0].iov_base = s->rb[r];
@@ -712,6 +723,9 @@ int q2_alloc_plan(struct q2_req *qr)
 		r = q2_rb_create(qr);
 		return r < 0 ? r : 0;
 	}
+	/* Clusters from zero_from on were never written since open and read as zeroes (see
+	 * q2_zero_mark()); read it before the allocation moves it. */
+	uint64_t zero_from = s->zero_from;
 	r = q2_alloc_take(s, c, got);
 	if (r < 0)
 		return r;
@@ -738,6 +752,13 @@ int q2_alloc_plan(struct q2_req *qr)
 
 	/* Copy-on-write of the head of the first and the tail of the last cluster. */
 	q2_cow_free(qr);
+	/* head/tail: bytes written before/after the guest data; zhead/ztail: they are zeroes onto
+	 * a never-written cluster, so only the padding to the file's alignment is written. */
+	uint64_t head = inoff;
+	bool zhead = false, ztail = false;
+	uint64_t fa = bd_node_limits(q2_fnode(s))->req_align;
+	if (fa < 1 || fa > s->cs)
+		fa = s->cs;
 	for (int i = 0; i < 2; i++) {
 		uint64_t k = i == 0 ? 0 : n - 1;
 		struct q2_cow *cw = &qr->cow[i];
@@ -749,11 +770,24 @@ int q2_alloc_plan(struct q2_req *qr)
 			continue;
 		}
 		q2_l2e_decode(q2_be64(tab + 8 * (l2i + k)), s->cb, &e);
+		uint64_t guest = (off & ~(s->cs - 1)) + (k << s->cb);
+		bool zero = e.type == Q2_C_ZERO_PLAIN || e.type == Q2_C_ZERO_ALLOC ||
+			    (e.type == Q2_C_UNALLOC && q2_reads_zero_unalloc(s, guest));
+		if (zero && c + k >= zero_from) {
+			if (i == 0) {
+				head = inoff & (fa - 1);
+				zhead = true;
+			} else {
+				tail = tail & (fa - 1);
+				ztail = true;
+			}
+			continue;
+		}
 		cw->needed = true;
 		cw->type = e.type;
 		cw->host = e.host;
 		cw->csize = e.csize;
-		cw->guest = (off & ~(s->cs - 1)) + (k << s->cb);
+		cw->guest = guest;
 		if (e.type == Q2_C_UNALLOC && q2_reads_zero_unalloc(s, cw->guest))
 			cw->type = Q2_C_ZERO_PLAIN;
 		r = q2_cow_read(qr, cw);
@@ -765,15 +799,15 @@ int q2_alloc_plan(struct q2_req *qr)
 	struct q2_cow *tsrc = qr->cow[1].needed ? &qr->cow[1] : &qr->cow[0];
 	struct iovec *v = q2_iov_need(qr, qr->srccnt + 2);
 	int nv = 0;
-	if (inoff)
-		v[nv++] = (struct iovec){qr->cow[0].buf, inoff};
+	if (head)
+		v[nv++] = (struct iovec){zhead ? q2_zero_buf() : qr->cow[0].buf, head};
 	nv += bd_iov_slice(qr->src, qr->srccnt, qr->pos - qr->src_base, chunk, v + nv);
 	if (tail)
-		v[nv++] = (struct iovec){tsrc->buf + (s->cs - tail), tail};
+		v[nv++] = (struct iovec){ztail ? q2_zero_buf() : tsrc->buf + (s->cs - tail), tail};
 	qr->diovcnt = nv;
 	qr->dwrite = true;
-	qr->dhost = c << s->cb;
-	qr->dlen = n << s->cb;
+	qr->dhost = (c << s->cb) + (inoff - head);
+	qr->dlen = head + chunk + tail;
 	qr->st = ST_A_COW_READ_DONE;
 	return 1;
 }

@@ -61,6 +61,10 @@ struct q2 {
 	bool pass_discard_other;
 	bool broken;       /* metadata I/O failed or corruption found: writes fail */
 	uint64_t orig_file_size;
+	/* Clusters from here on were never written since the writable open (the file is reserved
+	 * sparse, docs/qcow2.md "Sharp edges"): they read as zeroes, so an allocation there needs
+	 * no copy-on-write of zeroes.  Only grows (q2_zero_mark()). */
+	uint64_t zero_from;
 
 	/* Active L1 table, host order. */
 	uint64_t *l1;
@@ -298,6 +302,7 @@ int q2_l2_entry(struct q2 *s, int slot, uint64_t l2i, struct q2_l2e *e);
  * COW, the free program [owner loop]. */
 uint64_t q2_rc_get(struct q2 *s, uint64_t ci);
 int q2_rc_set(struct q2 *s, uint64_t ci, uint64_t v);
+void q2_zero_mark(struct q2 *s, uint64_t ci);
 const char *q2_meta_overlap(struct q2 *s, uint64_t off, uint64_t len);
 bool q2_lock_take(struct q2_req *qr);
 /* Group commit of allocating writes: join (true: a member now, false: queued, woken as a

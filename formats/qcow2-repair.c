@@ -576,6 +576,7 @@ int q2_grow_reftable(struct q2 *s, uint64_t max_bytes, struct bd_err *err)
 	/* Refcounts of the new blocks and the table. */
 	for (uint64_t c = end; c < end + k + T; c++)
 		q2_refcount_set(nrb[c / s->epb], s->h.refcount_order, c % s->epb, 1);
+	q2_zero_mark(s, end + k + T - 1); /* written below */
 	/* Write: the file must be long enough first. */
 	uint64_t need_file = (end + k + T) << s->cb;
 	if (bd_node_size(q2_fnode(s)) < need_file) {

@@ -46,6 +46,7 @@ static int sync_alloc(struct q2 *s, uint64_t n, uint64_t *first, struct bd_err *
 				break;
 			}
 			q2_refcount_set(s->rb[need], s->h.refcount_order, 0, 1);
+			q2_zero_mark(s, need * s->epb);
 			s->reft[need] = off;
 			q2_put_be64(be, off);
 			if ((r = q2_sync_write(q2_fnode(s), off, s->rb[need], s->cs)) < 0 ||

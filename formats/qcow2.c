@@ -333,6 +333,9 @@ int q2_make_writable(struct q2 *s, bool has_lazy_opt, bool lazy_opt, uint64_t fs
 {
 	int r;
 
+	/* Everything up to the file's end may hold old bytes (also a crash's leaks). */
+	if (fsize)
+		q2_zero_mark(s, (fsize - 1) >> s->cb);
 	bool hdr_dirty = false;
 	if (s->h.incompatible & Q2_INCOMPAT_DIRTY) {
 		r = q2_repair_refcounts(s, fsize, err);
@@ -371,6 +374,7 @@ int q2_make_writable(struct q2 *s, bool has_lazy_opt, bool lazy_opt, uint64_t fs
 	r = q2_prepare_growth(s, err);
 	if (r < 0)
 		return r;
+	q2_zero_mark(s, q2_alloc_end_cluster(s) - 1);
 	return 0;
 }
 
