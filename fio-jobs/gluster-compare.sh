@@ -156,7 +156,8 @@ run()
 	b1=$(ticks "$bdpid")
 	python3 -c '
 import json, os, sys
-j = json.load(open(sys.argv[1]))["jobs"][0]
+t = open(sys.argv[1]).read()  # with --thread the nbd engine prints a line before the JSON
+j = json.loads(t[t.index("{"):])["jobs"][0]
 io = j["read"] if j["read"]["io_bytes"] else j["write"]
 t = float(sys.argv[2])
 ios = io["iops"] * (t + 1)  # the ramp second too: CPU is counted over the whole run

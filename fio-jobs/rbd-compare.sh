@@ -73,7 +73,8 @@ run()
 	b1=$(ticks "$BD_PID")
 	python3 - "$out" "$bs" "$T/time" "$b0" "$b1" "$eng" "$runtime" "$ramp" <<'PY'
 import json, os, sys
-j = json.load(open(sys.argv[1]))["jobs"][0]
+t = open(sys.argv[1]).read()  # with --thread the nbd engine prints a line before the JSON
+j = json.loads(t[t.index("{"):])["jobs"][0]
 d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
 ios = d["iops"] * (float(sys.argv[7]) + float(sys.argv[8]))  # CPU is counted over ramp + run
 u, s = open(sys.argv[3]).read().split()[-2:]
