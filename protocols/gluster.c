@@ -70,7 +70,10 @@ struct gl_node {
 	atomic_bool no_seek;  /* the volume has no SEEK_DATA: block status says "data" */
 };
 
-enum op_state { OP_PENDING, OP_DONE, OP_ABANDONED };
+/* OP_COPYING: a gfapi thread is copying a bounced read into the request's buffers; the timer
+ * leaves such an operation alone (its answer came in time), and the copier sets it back to
+ * OP_PENDING when done. */
+enum op_state { OP_PENDING, OP_DONE, OP_ABANDONED, OP_COPYING };
 
 struct gl_op {
 	atomic_int state;
@@ -309,6 +312,19 @@ static void op_cbk(glfs_fd_t *fd, ssize_t ret, struct glfs_stat *pre, struct glf
 	(void)post;
 	op->err = ret < 0 ? errno : 0;
 	op->ret = ret;
+	if (ret > 0 && op->bounced) {
+		/* Copy out of the bounce buffer here, where gfapi has just written it (cache-hot),
+		 * not on the loop, which also runs the export.  Only while the operation is
+		 * pending: the request is then alive and the timer cannot complete it meanwhile. */
+		int expected = OP_PENDING;
+		if (atomic_compare_exchange_strong(&op->state, &expected, OP_COPYING)) {
+			struct bd_req *req = op->req;
+			size_t got = (size_t)ret < req->len ? (size_t)ret : req->len;
+			bd_iov_from_buf(req->iov, req->iovcnt, 0, op->buf, got);
+			op->bounced = false;
+			atomic_store(&op->state, OP_PENDING);
+		}
+	}
 	op_finish(op);
 }
 
