@@ -16,8 +16,9 @@
 #   --timeout S     the gluster node's timeout option (default 30; 0 = no timer, no read bounce)
 #   --build DIR     the build directory with blockd and blockctl (default build)
 #   --markdown FILE also write the table as markdown
-#   --profile DIR   perf record -g blockd during its runs (DIR/perf-JOB-repN.data; read them with
-#                   perf report --no-children -i FILE)
+#   --profile DIR   perf record -g blockd during its runs (DIR/perf-JOB-repN.data) and fio in the
+#                   direct runs (DIR/perf-direct-JOB-repN.data; fio's CPU figure then includes
+#                   perf's); read them with perf report --no-children -i FILE
 # Besides the throughput table, a second table gives the CPU time per I/O (median, µs): fio's
 # process (user+system) in both modes and blockd's in the blockd mode (from /proc/PID/stat over the
 # run, ramp included, so divide by all I/Os done then): the cost the shared CPUs pay per request.
@@ -144,8 +145,10 @@ run()
 		pp=$!
 	fi
 	# shellcheck disable=SC2046
+	local pre=()
+	[ -z "$prof" ] || [ "$eng" != direct ] || pre=(perf record -q -g -o "$prof/perf-direct-$job-rep$rep.data" --)
 	if [ "$eng" = direct ]; then
-		/usr/bin/time -f "%U %S" -o "$W/time" fio "${common[@]}" $(job_args "$job") \
+		/usr/bin/time -f "%U %S" -o "$W/time" "${pre[@]}" fio "${common[@]}" $(job_args "$job") \
 			--ioengine=gfapi_async --volume="$vol" --brick="$host" --filename=bench.img \
 			>/dev/null 2>"$W/fio.err"
 	else
