@@ -16,11 +16,17 @@
 #   --timeout S     the gluster node's timeout option (default 30; 0 = no timer, no read bounce)
 #   --build DIR     the build directory with blockd and blockctl (default build)
 #   --markdown FILE also write the table as markdown
+#   --profile DIR   perf record -g blockd during its runs (DIR/perf-JOB-repN.data) and fio in the
+#                   direct runs (DIR/perf-direct-JOB-repN.data; fio's CPU figure then includes
+#                   perf's); read them with perf report --no-children -i FILE
+# Besides the throughput table, a second table gives the CPU time per I/O (median, µs): fio's
+# process (user+system) in both modes and blockd's in the blockd mode (from /proc/PID/stat over the
+# run, ramp included, so divide by all I/Os done then): the cost the shared CPUs pay per request.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-time_s=5 repeat=3 size=512M build=$root/build md="" vol=gv0 host=127.0.0.1 start=0 tmo=30
+time_s=5 repeat=3 size=512M build=$root/build md="" vol=gv0 host=127.0.0.1 start=0 tmo=30 prof=""
 while [ $# -gt 0 ]; do
 	case $1 in
 	--start-server) start=1; shift ;;
@@ -32,6 +38,7 @@ while [ $# -gt 0 ]; do
 	--timeout) tmo=$2; shift 2 ;;
 	--build) build=$2; shift 2 ;;
 	--markdown) md=$2; shift 2 ;;
+	--profile) prof=$2; shift 2 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -97,6 +104,8 @@ fi
 sock=$W/s
 "$blockd" --control "$W/c.sock" --nbd-server "addr.type=unix,addr.path=$sock" >"$W/blockd.log" 2>&1 &
 pids+=($!)
+bdpid=$!
+[ -z "$prof" ] || mkdir -p "$prof"
 for i in $(seq 100); do [ -S "$W/c.sock" ] && [ -S "$sock" ] && break; sleep 0.1; done
 bc() { "$blockctl" --socket "$W/c.sock" "$@"; }
 bytes=$(numfmt --from=iec "$size")
@@ -123,24 +132,43 @@ job_args()
 	esac
 }
 
-# run ENGINE JOB -> prints "iops MiB/s"
+# run ENGINE JOB REP -> prints "iops MiB/s fio-µs/io blockd-µs/io"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run()
 {
-	local eng=$1 job=$2 out=$W/fio.json
-	local common=(--name="$job" --time_based=1 --runtime="$time_s" --ramp_time=1 --numjobs=1
+	local eng=$1 job=$2 rep=$3 out=$W/fio.json b0 b1 pp=""
+	local common=(--name="$job" --thread=1 --time_based=1 --runtime="$time_s" --ramp_time=1 --numjobs=1
 		--norandommap=1 --randrepeat=0 --size="$bytes" --output-format=json --output="$out")
-	# shellcheck disable=SC2046
-	if [ "$eng" = direct ]; then
-		fio "${common[@]}" $(job_args "$job") --ioengine=gfapi_async --volume="$vol" \
-			--brick="$host" --filename=bench.img >/dev/null 2>"$W/fio.err"
-	else
-		fio "${common[@]}" $(job_args "$job") --ioengine=nbd --uri="$uri" >/dev/null 2>"$W/fio.err"
+	b0=$(ticks "$bdpid")
+	if [ -n "$prof" ] && [ "$eng" = blockd ]; then
+		perf record -q -g -p "$bdpid" -o "$prof/perf-$job-rep$rep.data" -- sleep "$time_s" >/dev/null 2>&1 &
+		pp=$!
 	fi
+	# shellcheck disable=SC2046
+	local pre=()
+	[ -z "$prof" ] || [ "$eng" != direct ] || pre=(perf record -q -g -o "$prof/perf-direct-$job-rep$rep.data" --)
+	if [ "$eng" = direct ]; then
+		/usr/bin/time -f "%U %S" -o "$W/time" "${pre[@]}" fio "${common[@]}" $(job_args "$job") \
+			--ioengine=gfapi_async --volume="$vol" --brick="$host" --filename=bench.img \
+			>/dev/null 2>"$W/fio.err"
+	else
+		/usr/bin/time -f "%U %S" -o "$W/time" fio "${common[@]}" $(job_args "$job") \
+			--ioengine=nbd --uri="$uri" >/dev/null 2>"$W/fio.err"
+	fi
+	[ -z "$pp" ] || wait "$pp" || true
+	b1=$(ticks "$bdpid")
 	python3 -c '
-import json, sys
-j = json.load(open(sys.argv[1]))["jobs"][0]
+import json, os, sys
+t = open(sys.argv[1]).read()  # with --thread the nbd engine prints a line before the JSON
+j = json.loads(t[t.index("{"):])["jobs"][0]
 io = j["read"] if j["read"]["io_bytes"] else j["write"]
-print("%.0f %.1f" % (io["iops"], io["bw_bytes"] / 1048576))' "$out"
+t = float(sys.argv[2])
+ios = io["iops"] * (t + 1)  # the ramp second too: CPU is counted over the whole run
+u, s = open(sys.argv[3]).read().split()[-2:]
+hz = os.sysconf("SC_CLK_TCK")
+bd = (int(sys.argv[5]) - int(sys.argv[4])) / hz if sys.argv[6] == "blockd" else 0
+print("%.0f %.1f %.1f %.1f" % (io["iops"], io["bw_bytes"] / 1048576, (float(u) + float(s)) * 1e6 / ios,
+      bd * 1e6 / ios))' "$out" "$time_s" "$W/time" "$b0" "$b1" "$eng"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
@@ -151,7 +179,7 @@ for ((r = 0; r < repeat; r++)); do
 	((r % 2)) && order=(blockd direct)
 	for job in "${jobs[@]}"; do
 		for eng in "${order[@]}"; do
-			v=$(run "$eng" "$job")
+			v=$(run "$eng" "$job" "$r")
 			res[$eng.$job]+="$v"$'\n'
 			echo "rep $((r + 1)) $job $eng: $v" >&2
 		done
@@ -170,5 +198,18 @@ table=$(
 		echo "| $job | $d $unit | $b $unit | ${ratio}x |"
 	done
 )
+cpu=$(
+	echo "| job | CPU µs/IO: fio direct | fio nbd client | blockd | nbd client + blockd vs direct |"
+	echo "|---|---|---|---|---|"
+	for job in "${jobs[@]}"; do
+		fd=$(printf '%s' "${res[direct.$job]}" | awk 'NF {print $3}' | median)
+		fn=$(printf '%s' "${res[blockd.$job]}" | awk 'NF {print $3}' | median)
+		bd=$(printf '%s' "${res[blockd.$job]}" | awk 'NF {print $4}' | median)
+		ratio=$(awk -v a="$fn" -v b="$bd" -v d="$fd" 'BEGIN {printf "%.2f", (d > 0 ? (a + b) / d : 0)}')
+		echo "| $job | $fd | $fn | $bd | ${ratio}x |"
+	done
+)
 echo "$table"
-[ -z "$md" ] || echo "$table" >"$md"
+echo
+echo "$cpu"
+[ -z "$md" ] || printf '%s\n\n%s\n' "$table" "$cpu" >"$md"
