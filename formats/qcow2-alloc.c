@@ -9,7 +9,8 @@
  * q2_alloc_find() and q2_alloc_take() are also used on the control thread while no request
  * runs (open, resize, snapshots).
  *
- * Crash safety: metadata is written through (no write-back cache).  An allocation writes the
+ * Crash safety: metadata is written through here (plain allocating writes may instead leave
+ * their entries to the write-back of qcow2-writeback.c).  An allocation writes the
  * data and the refcount block updates (and a new L2 table), flushes, then writes the L2 entry
  * (or the L1 entry of a new L2 table).  Refcount decrements are queued and applied only when no
  * request that may still use the old mapping is active, after a flush, so an L2 entry on disk
@@ -337,7 +338,7 @@ void q2_mp_install_l2(struct q2_req *qr)
 
 	if (slot < 0) {
 		for (unsigned i = 0; i < s->nslots; i++)
-			if (!s->slots[i].pins && !s->slots[i].loading &&
+			if (!s->slots[i].pins && !s->slots[i].loading && !s->slots[i].dhi &&
 			    (slot < 0 || s->slots[i].off == 0 ||
 			     s->slots[i].lru < s->slots[slot].lru))
 				slot = (int)i;
@@ -399,6 +400,10 @@ int q2_mp_step(struct q2_req *qr)
 			qr->g_ready = true;
 			s->g_wait--;
 			s->g_data++;
+			/* write-back unless it frees something (qcow2-writeback.c) */
+			qr->g_wbm = s->l2wb && !qr->nfr && !qr->oldl2;
+			if (s->l2wb && !qr->g_wbm)
+				s->g_closing = true;
 		}
 		if (qr->dwrite)
 			q2_sub_io(qr, s->file, BD_OP_WRITE, qr->dhost, qr->dlen, qr->iov,
@@ -426,13 +431,18 @@ int q2_mp_step(struct q2_req *qr)
 				q2_wake(s->grpq);
 			if (qr->err)
 				return qr->err; /* leaves the group: its entries are not written */
+			if (qr->g_wbm) {
+				q2_grp_wb_done(qr);
+				return 3; /* program done */
+			}
 			qr->st = ST_G_WAIT;
 			return 1;
 		}
 		if (qr->err)
 			return qr->err;
 		qr->st = ST_MP_P2_DONE;
-		if (qr->incr && !s->lazy)
+		/* (the L2/L1 sectors written next may hold write-back entries too) */
+		if (q2_meta_flush_needed(s, qr->incr, qr->newl2 != 0))
 			q2_sub_io(qr, s->file, BD_OP_FLUSH, 0, 0, NULL, 0, 0);
 		return qr->pending ? 1 : 2;
 	case ST_MP_P2_DONE: {

@@ -1,8 +1,8 @@
 /*
  * qcow2-cache.c - the L2 table cache of a qcow2 node: a fixed set of cluster-size slots (struct
  * q2_l2slot), loaded asynchronously and evicted LRU; requests that need a table being loaded, or
- * a free slot, wait and are woken.  Tables are written through by the metadata programs
- * (qcow2-alloc.c), never written back from here.
+ * a free slot, wait and are woken.  Tables are written by the metadata programs
+ * (qcow2-alloc.c) and the write-back program (qcow2-writeback.c); a dirty slot is not evicted.
  *
  * Threading: owner loop only (docs/qcow2.md).
  */
@@ -71,8 +71,8 @@ int q2_l2_get(struct q2_req *qr, uint64_t off, int *slot, uint64_t *l1e)
 			*slot = (int)i;
 			return 1;
 		}
-		if (sl->pins || sl->loading)
-			continue;
+		if (sl->pins || sl->loading || sl->dhi)
+			continue; /* in use, or dirty (written back first, qcow2-writeback.c) */
 		if (victim < 0 || sl->off == 0 ||
 		    (s->slots[victim].off != 0 && sl->lru < s->slots[victim].lru))
 			victim = (int)i;

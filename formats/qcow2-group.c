@@ -1,6 +1,8 @@
 /*
- * qcow2-group.c - group commit of allocating writes: writes that queue for the metadata lock
- * share one refcount write, one flush and one round of L2/L1 writes.  [the node's owner loop]
+ * qcow2-group.c - the group of allocating writes that holds the metadata lock together: in
+ * write-back mode (the default) each member sets its entries in the cache as soon as its data
+ * is written; members that free clusters, and every member with l2-writeback=off, share one
+ * refcount write, one flush and one round of L2/L1 writes.  [the node's owner loop]
  */
 #include "formats/qcow2-int.h"
 
@@ -8,17 +10,29 @@
 #include <string.h>
 
 
-/* ---- group commit of allocating writes ----
+/* ---- groups of allocating writes ----
  *
  * While the metadata lock is held, allocating writes queue (q2_grp_join); when it frees, the
  * queued ones that fit (grp_fits) become the members of one group, woken together.  Each member
- * plans its program as before (clusters and new L2 tables taken in the in-memory refcounts, COW
- * read, new refcount blocks created on the way with their own write/flush/table ordering) and
- * writes its data (and a new L2 table) at once.  When every member is ready the group's pseudo
- * request writes the union of the dirty refcount sectors, flushes once, sets every member's
- * entries in the cached tables and writes each changed L2 sector and L1 sector once; then the
- * members complete their program.  So the ordering of docs/qcow2.md holds for each member:
- * data, refcounts and new tables are durable before any L2/L1 entry points at them.
+ * plans its program (clusters and new L2 tables taken in the in-memory refcounts, COW read, new
+ * refcount blocks created on the way with their own write/flush/table ordering) and writes its
+ * data (and a new L2 table) at once.
+ *
+ * Write-back members (nothing freed; qcow2-writeback.c): when the data is written the member
+ * sets its entries in the cached table, marks them dirty and leaves the group
+ * (q2_grp_wb_done); its request goes on.  The group stays open: new allocating writes join it
+ * directly while nobody else waits for the lock, so data writes of many requests overlap and
+ * nothing waits for a commit.  The group ends when its last member leaves (after a write-back
+ * when too many tables are dirty); a flush, discard or other program waiting for the lock stops
+ * new members from joining, so it gets the lock once the members in flight are done.
+ *
+ * Write-through members (they free clusters: the entry that dropped a reference must be on
+ * disk before the refcount decrement; or l2-writeback=off): the first one closes the group to
+ * new members; when every member is planned and the write-back ones have left, the group's
+ * pseudo request writes the union of the dirty refcount sectors, flushes once, sets every
+ * member's entries in the cached tables and writes each changed L2 sector and L1 sector once;
+ * then the members complete their program.  So data, refcounts and new tables are durable
+ * before any L2/L1 entry points at them.
  *
  * Members never touch the same guest cluster (their claimed ranges are disjoint) and a table
  * that is not ours alone yet (L1 entry empty or shared: a new table or a copy will be made) is
@@ -130,8 +144,9 @@ bool q2_grp_join(struct q2_req *qr)
 			grp_add(s, qr, new_l1);
 			return true;
 		}
-		/* a group still planning takes more members */
-		if (s->lock_owner == s->grpq && !s->g_commit && grp_fits(s, qr, &new_l1)) {
+		/* a group still planning (or writing back) takes more members */
+		if (s->lock_owner == s->grpq && !s->g_commit && !s->g_closing &&
+		    !q2_wb_over_limit(s) && grp_fits(s, qr, &new_l1)) {
 			grp_add(s, qr, new_l1);
 			return true;
 		}
@@ -154,6 +169,7 @@ static void grp_end(struct q2 *s)
 	s->gm_n = s->g_wait = s->g_nl1 = s->g_data = 0;
 	s->g_bytes = 0;
 	s->g_commit = false;
+	s->g_closing = false;
 	/* pinned slots are free again for anyone waiting for a slot */
 	for (w = s->slot_waiters, s->slot_waiters = NULL; w; w = next) {
 		next = w->next;
@@ -162,19 +178,56 @@ static void grp_end(struct q2 *s)
 	q2_lock_release(s);
 }
 
-/* Every member is ready (or gone): commit, or end an empty group. */
+/* Every member is ready (or gone): commit the write-through members once the write-back ones
+ * have left, or end an empty group (writing the tables back first when too many are dirty). */
 void q2_grp_check(struct q2 *s)
 {
-	if (s->lock_owner != s->grpq || s->g_commit || s->g_wait)
+	if (s->lock_owner != s->grpq || s->g_commit)
 		return;
 	if (s->gm_n == 0) {
+		if (s->l2wb && q2_wb_over_limit(s)) {
+			s->g_commit = true;
+			s->grpq->err = 0;
+			s->grpq->wb_ret = ST_G_WB_DONE;
+			s->grpq->st = ST_WB_START;
+			q2_wake(s->grpq);
+			return;
+		}
 		grp_end(s);
 		return;
 	}
+	if (s->g_wait)
+		return;
+	for (unsigned i = 0; i < s->gm_n; i++)
+		if (s->gm[i]->g_wbm)
+			return; /* it leaves when its data is written */
 	s->g_commit = true;
 	s->grpq->st = ST_G_START;
 	s->grpq->err = 0;
 	q2_wake(s->grpq);
+}
+
+/* Take qr out of the member list (and out of the group's budget). */
+static void grp_remove(struct q2 *s, struct q2_req *qr)
+{
+	bool l1_shared = false;
+
+	qr->in_grp = false;
+	for (unsigned i = 0; i < s->gm_n; i++) {
+		if (s->gm[i] == qr) {
+			s->gm[i] = s->gm[--s->gm_n];
+			break;
+		}
+	}
+	for (unsigned i = 0; i < s->gm_n; i++)
+		l1_shared |= s->gm[i]->g_l1i == qr->g_l1i;
+	if (!l1_shared && s->g_nl1)
+		s->g_nl1--;
+	s->g_bytes -= qr->g_bytes < s->g_bytes ? qr->g_bytes : s->g_bytes;
+	if (!qr->g_ready)
+		s->g_wait--;
+	qr->g_ready = false;
+	qr->g_wbm = false;
 }
 
 void q2_grp_leave(struct q2_req *qr)
@@ -183,16 +236,28 @@ void q2_grp_leave(struct q2_req *qr)
 
 	if (!qr->in_grp)
 		return;
-	qr->in_grp = false;
-	for (unsigned i = 0; i < s->gm_n; i++) {
-		if (s->gm[i] == qr) {
-			s->gm[i] = s->gm[--s->gm_n];
-			break;
-		}
+	grp_remove(s, qr);
+	q2_grp_check(s);
+}
+
+/* A write-back member's data is written (the group holds the lock, so no write-back program
+ * runs now): its entries go into the cached table, or its new table into the cache and L1,
+ * marked dirty; then it leaves the group and its request goes on. */
+void q2_grp_wb_done(struct q2_req *qr)
+{
+	struct q2 *s = qr->s;
+
+	if (qr->newl2) {
+		/* the table (with these entries) was written in the data phase */
+		q2_mp_install_l2(qr);
+		q2_l1_mark_dirty(s, qr->l1i);
+	} else {
+		q2_mp_set_entries(s, s->slots[qr->slot].tab, qr);
+		q2_l2_mark_dirty(s, qr->slot, qr->l2i * s->esz, (qr->l2i + qr->nent) * s->esz);
 	}
-	if (!qr->g_ready)
-		s->g_wait--;
-	qr->g_ready = false;
+	q2_mp_done(qr);
+	grp_remove(s, qr);
+	q2_wb_arm(s);
 	q2_grp_check(s);
 }
 
@@ -327,7 +392,10 @@ void q2_grp_run(struct q2_req *gq)
 			return;
 		}
 		gq->st = ST_G_FLUSHED;
-		if (!s->lazy)
+		bool newl2 = false;
+		for (unsigned i = 0; i < s->gm_n; i++)
+			newl2 |= s->gm[i]->newl2 != 0;
+		if (q2_meta_flush_needed(s, true, newl2))
 			q2_sub_io(gq, s->file, BD_OP_FLUSH, 0, 0, NULL, 0, 0);
 		if (gq->pending)
 			return;
@@ -357,6 +425,23 @@ void q2_grp_run(struct q2_req *gq)
 			return;
 		}
 		grp_finish(gq, 0);
+		return;
+	case ST_WB_START:
+	case ST_WB_RB_DONE:
+	case ST_WB_FLUSHED:
+	case ST_WB_WRITTEN:
+		/* an empty group writing the tables back (q2_grp_check) */
+		r = q2_wb_step(gq);
+		if (r == 1)
+			return;
+		if (r < 0) {
+			grp_finish(gq, r);
+			return;
+		}
+		/* r == 3: ST_G_WB_DONE */
+		/* fall through */
+	case ST_G_WB_DONE:
+		grp_finish(gq, gq->err);
 		return;
 	default:
 		return;

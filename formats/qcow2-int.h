@@ -28,6 +28,9 @@ struct q2_l2slot {
 	uint64_t lru;    /* last use */
 	int pins;        /* in use by a metadata program: not evictable */
 	bool loading;    /* read in flight */
+	/* Write-back (qcow2-writeback.c): bytes [dlo, dhi) were changed in memory and are not
+	 * written yet (dhi == 0: clean).  A dirty slot is never evicted. */
+	uint32_t dlo, dhi;
 	struct q2_req *waiters;
 };
 
@@ -122,6 +125,18 @@ struct q2 {
 	unsigned g_nl1;                /* distinct L1 indexes of the members (pinned tables) */
 	uint64_t g_bytes;              /* bytes the members may allocate */
 	bool g_commit;                 /* the commit (refcounts, flush, L2) is running */
+	bool g_closing;                /* a write-through member waits: no more members join */
+
+	/* Write-back of L2/L1 updates (qcow2-writeback.c): plain allocating writes set their
+	 * entries in the cached tables only; the tables are written at guest flush, when too many
+	 * slots are dirty, on the timer and before control-thread metadata work. */
+	bool l2wb;              /* option l2-writeback (default on) */
+	unsigned ndirty;        /* dirty slots */
+	uint64_t l1_dlo, l1_dhi; /* dirty byte range of the L1 table (l1_dhi == 0: clean) */
+	uint64_t wb_interval_ns; /* option l2-writeback-interval; 0: no timer */
+	struct bd_timer wb_timer;
+	bool wb_armed;
+	struct q2_req *wbq;     /* the timer's write-back pseudo request */
 
 	/* Compressed writes: where the next one may be packed (0 = start a new cluster). */
 	uint64_t comp_next;
@@ -175,6 +190,18 @@ enum q2_st {
 	ST_G_RB_DONE,
 	ST_G_FLUSHED,
 	ST_G_L2_DONE,
+	ST_G_WB_DONE,
+	/* write-back of dirty L2/L1 tables (qcow2-writeback.c), returns to wb_ret */
+	ST_WB_START,
+	ST_WB_RB_DONE,
+	ST_WB_FLUSHED,
+	ST_WB_WRITTEN,
+	/* guest flush with dirty tables: take the lock, write back, flush */
+	ST_FW_LOCK,
+	ST_FW_DONE,
+	/* the timer's write-back pseudo request */
+	ST_WT_LOCK,
+	ST_WT_DONE,
 	/* free program */
 	ST_FP_START,
 	ST_FP_FLUSHED,
@@ -207,6 +234,11 @@ struct q2_req {
 	bool in_grp;         /* a member of the running group */
 	bool g_ready;        /* planned: its refcounts may be written */
 	bool is_grp;         /* the group's pseudo request */
+	bool is_wbt;         /* the write-back timer's pseudo request */
+	bool g_wbm;          /* a member that sets its entries alone, in write-back mode */
+	enum q2_st wb_ret;   /* where a write-back program returns */
+	int *wb_slots;       /* slots pinned while their dirty ranges are written */
+	unsigned wb_n;
 	uint64_t g_l1i, g_c0, g_c1, g_bytes; /* what a member may change: L1 index, clusters */
 	bool comp;           /* this write range is planned compressed */
 	uint64_t comp_skip;  /* pos + 1 of a cluster that did not compress (written plainly) */
@@ -322,6 +354,8 @@ void q2_mp_set_entries(struct q2 *s, uint8_t *tab, struct q2_req *qr);
  * write; q2_grp_check: every member is ready (or gone): commit, or end an empty group. */
 void q2_grp_form(struct q2 *s);
 void q2_grp_check(struct q2 *s);
+/* A write-back member's data is written: set its entries (dirty), leave the group. */
+void q2_grp_wb_done(struct q2_req *qr);
 
 #define Q2_MAX_RUN_CLUSTERS 512 /* clusters per allocation program */
 /* qcow2-io.c: one L2 write phase ended; start the flushes that waited for it. */
@@ -351,6 +385,28 @@ bool q2_sub_in_place(struct q2 *s, int slot, uint64_t l2i, uint64_t inoff, uint6
 		     uint64_t *host);
 int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unmap);
 void q2_fp_run(struct q2_req *fq);
+
+/* qcow2-writeback.c: write-back of L2/L1 updates [owner loop; q2_wb_sync and q2_wb_stop on
+ * the control thread while the node is frozen or closing]. */
+void q2_l2_mark_dirty(struct q2 *s, int slot, uint64_t lo, uint64_t hi);
+void q2_l1_mark_dirty(struct q2 *s, uint64_t l1i);
+static inline bool q2_wb_dirty(const struct q2 *s)
+{
+	return s->ndirty || s->l1_dhi;
+}
+/* May a metadata program that writes L2/L1 sectors skip the flush before them?  Only when no
+ * refcount increments (incr) or write-back entries (dirty) in those sectors need it. */
+bool q2_meta_flush_needed(struct q2 *s, bool incr, bool newl2);
+/* The write-back program (lock held): 1 waiting, 3 done (qr->st = qr->wb_ret), <0 error. */
+int q2_wb_step(struct q2_req *qr);
+/* Too many dirty slots: the group writes back before it releases the lock. */
+bool q2_wb_over_limit(struct q2 *s);
+/* A write-back group left dirty tables: arm the timer. */
+void q2_wb_arm(struct q2 *s);
+void q2_wbt_run(struct q2_req *wq);
+/* [control, frozen or closing] Write every dirty table; cancel the timer. */
+int q2_wb_sync(struct q2 *s);
+void q2_wb_stop(struct q2 *s);
 
 /* qcow2-repair.c: open-time metadata, refcount repair and refcount table growth [control]. */
 int q2_load_refcounts(struct q2 *s, uint64_t fsize, struct bd_err *err);

@@ -149,6 +149,7 @@ static void finish(struct q2_req *qr, int ret)
 	free(qr->newtab);
 	free(qr->ents);
 	free(qr->fr);
+	free(qr->wb_slots);
 	qr->ret = ret;
 	q2_grp_leave(qr);
 	if (s->lock_owner == qr)
@@ -779,10 +780,22 @@ static void start(struct q2_req *qr)
 	if (!s->och)
 		s->och = bd_node_chan(s->node, s->owner);
 	if (req->op == BD_OP_FLUSH) {
+		if (s->frozen) {
+			/* the control thread may be writing the tables back (q2_freeze) */
+			qr->next = s->stalled;
+			s->stalled = qr;
+			return; /* woken with st still ST_START */
+		}
 		if (s->l2_writing) {
 			qr->next = s->flush_parked;
 			s->flush_parked = qr;
 			return; /* q2_l2_written() starts it */
+		}
+		if (q2_wb_dirty(s)) {
+			/* write the dirty tables back first (qcow2-writeback.c) */
+			qr->st = ST_FW_LOCK;
+			run(qr);
+			return;
 		}
 		qr->st = ST_F_DONE;
 		q2_sub_io(qr, s->file, BD_OP_FLUSH, 0, 0, NULL, 0, 0);
@@ -853,6 +866,10 @@ static void run(struct q2_req *qr)
 		q2_grp_run(qr);
 		return;
 	}
+	if (qr->is_wbt) {
+		q2_wbt_run(qr);
+		return;
+	}
 	if (!qr->req) {
 		q2_fp_run(qr);
 		return;
@@ -864,6 +881,34 @@ static void run(struct q2_req *qr)
 			return;
 		case ST_F_DONE:
 			finish(qr, qr->err);
+			return;
+		case ST_FW_LOCK:
+			if (!q2_lock_take(qr))
+				return; /* woken as the owner */
+			qr->wb_ret = ST_FW_DONE;
+			qr->st = ST_WB_START;
+			continue;
+		case ST_WB_START:
+		case ST_WB_RB_DONE:
+		case ST_WB_FLUSHED:
+		case ST_WB_WRITTEN:
+			r = q2_wb_step(qr);
+			if (r < 0) {
+				finish(qr, r);
+				return;
+			}
+			if (r == 1)
+				return;
+			continue;
+		case ST_FW_DONE:
+			/* the tables are written: the guest's flush makes them durable */
+			q2_lock_release(s);
+			qr->st = ST_F_DONE;
+			q2_sub_io(qr, s->file, BD_OP_FLUSH, 0, 0, NULL, 0, 0);
+			if (!qr->pending) {
+				finish(qr, qr->err ? qr->err : -EIO);
+				return;
+			}
 			return;
 		case ST_R_NEXT:
 		case ST_R_CHUNK_DONE:

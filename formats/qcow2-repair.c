@@ -306,7 +306,7 @@ int q2_fix_copied_flags(struct q2 *s, const uint64_t *ref, uint64_t nref, uint64
 	/* the L2 cache may hold old copies */
 	for (unsigned i = 0; s->slots && i < s->nslots; i++)
 		if (!s->slots[i].loading)
-			s->slots[i].off = 0;
+			s->slots[i].off = 0; /* never dirty here: q2_freeze wrote them back */
 	return 0;
 }
 

@@ -308,7 +308,15 @@ static void q2_free_mem(struct q2 *s)
 		free(s->freeq->miov);
 		free(s->freeq);
 	}
+	if (s->wbq) {
+		free(s->wbq->miov);
+		free(s->wbq->mbuf);
+		free(s->wbq->wb_slots);
+		free(s->wbq);
+		s->wbq = NULL;
+	}
 	if (s->grpq) {
+		free(s->grpq->wb_slots);
 		free(s->grpq->iov);
 		free(s->grpq->miov);
 		free(s->grpq->mbuf);
@@ -411,6 +419,19 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	r = bd_opts_u64(opts, "cache-clean-interval", &ignored, err);
 	if (r < 0 && r != -ENOENT)
 		return r;
+	s->l2wb = true;
+	r = bd_opts_bool(opts, "l2-writeback", &s->l2wb, err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	uint64_t wb_secs = 5;
+	r = bd_opts_u64(opts, "l2-writeback-interval", &wb_secs, err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	if (wb_secs > 3600)
+		return bd_err_set(err, -EINVAL,
+				  "l2-writeback-interval must be 0 to 3600 seconds (got %" PRIu64 ")",
+				  wb_secs);
+	s->wb_interval_ns = wb_secs * 1000000000ull;
 	r = bd_opts_bool(opts, "lazy-refcounts", &lazy_opt, err);
 	if (r < 0 && r != -ENOENT)
 		return r;
@@ -577,6 +598,15 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	}
 	s->freeq->s = s;
 	s->freeq->slot = -1;
+	s->wbq = calloc(1, sizeof(*s->wbq));
+	if (!s->wbq) {
+		r = bd_err_set(err, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	s->wbq->s = s;
+	s->wbq->slot = -1;
+	s->wbq->is_wbt = true;
+	s->wbq->st = ST_START; /* idle */
 	s->free_hint = 1;
 
 	memset(limits, 0, sizeof(*limits));
@@ -663,6 +693,9 @@ void q2_freeze(struct q2 *s)
 			break;
 		usleep(200);
 	}
+	/* The control thread's metadata work reads and writes tables on disk: write the dirty
+	 * ones first (on failure the node is broken and refuses writes). */
+	q2_wb_sync(s);
 }
 
 void q2_thaw(struct q2 *s)
@@ -710,9 +743,11 @@ static void q2_close(struct bd_node *node)
 {
 	struct q2 *s = bd_node_priv(node);
 
+	q2_wb_stop(s);
 	q2_quiesce(s);
 	if (s->writable && !s->broken) {
 		struct bd_err err = {0};
+		q2_wb_sync(s);
 		q2_apply_frees_sync(s);
 		if (s->lazy) {
 			s->h.incompatible &= ~Q2_INCOMPAT_DIRTY;
@@ -950,6 +985,10 @@ static const struct bd_opt_desc q2_options[] = {
 	{"refcount-cache-size", BD_OPT_SIZE, false, NULL,
 	 "accepted for compatibility: refcounts are kept in memory whole"},
 	{"cache-clean-interval", BD_OPT_INT, false, NULL, "accepted, ignored"},
+	{"l2-writeback", BD_OPT_BOOL, false, NULL,
+	 "allocating writes leave their L2/L1 updates in the cache, written at flush (default on)"},
+	{"l2-writeback-interval", BD_OPT_INT, false, NULL,
+	 "seconds after which dirty L2/L1 tables are written without a flush (default 5, 0 off)"},
 	{"lazy-refcounts", BD_OPT_BOOL, false, NULL,
 	 "postpone refcount ordering (image marked dirty while open; v3 only)"},
 	{"pass-discard-request", BD_OPT_BOOL, false, NULL,
