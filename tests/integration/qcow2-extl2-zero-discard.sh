@@ -10,7 +10,8 @@
 # equal to the image QEMU treated, host clusters kept or freed where they should be, fewer
 # allocated clusters after the discards, and a partial-subcluster write-zeroes read back
 # through the export (zeroes, neighbours intact).  Then random writes, write-zeroes and
-# discards of odd sizes, checked the same way.
+# discards of odd sizes, checked the same way, and thousands of disjoint writes and
+# write-zeroes sharing subclusters submitted at once.
 # meson-timeout: 300
 source "$(dirname "$0")/../lib/common.sh"
 need qemu-img qemu-io python3
@@ -270,4 +271,67 @@ EOF2
 
 random_case rnd64k $((64 * 1024)) $((8 * M)) $RANDOM
 random_case rnd32k-backing $((32 * 1024)) $((8 * M)) $RANDOM backing
+
+# in_flight NAME CLUSTER [backing]: the image (half of it with data) is cut into disjoint
+# pieces (100 B .. 3 subclusters, many per subcluster and per cluster), each written or zeroed
+# (with or without may-trim), submitted at once by one qemu-io process in a random order (the
+# NBD client keeps 16 in flight): clean, no leaks, equal to the reference
+in_flight()
+{
+	local name=$1 cs=$2 kind=${3:-} img="$T/$1.qcow2" ref="$T/$1.ref" size=$((4 * M))
+	if [ "$kind" = backing ]; then
+		qemu-img create -q -f raw "$T/$name.base" $size
+		qemu-io -f raw -c "write -q -P 0x5a 0 $size" "$T/$name.base" >/dev/null
+		qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=$cs -b "$T/$name.base" \
+			-F raw "$img" $size
+	else
+		qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=$cs "$img" $size
+	fi
+	qemu-io -f qcow2 -c "write -q -P 0x21 0 $((size / 2))" "$img" >/dev/null
+	qemu-img convert -f qcow2 -O raw "$img" "$ref"
+	python3 - "$ref" "$T/$name.cmds" "$cs" "$size" <<'EOF2'
+import random, sys
+ref, cmds, cs, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+u = cs // 32
+rnd = random.Random(cs)
+pieces, off = [], 0
+while off < size:
+    n = min(rnd.choice([100, 1000, u, u + 300, 3 * u, rnd.randrange(1, 3 * u)]), size - off)
+    pieces.append((off, n))
+    off += n
+rnd.shuffle(pieces)
+with open(ref, "r+b") as f, open(cmds, "w") as c:
+    for i, (off, n) in enumerate(pieces):
+        x = rnd.random()
+        f.seek(off)
+        if x < 0.25:
+            c.write(f"aio_write -z {off} {n}\n")
+            f.write(bytes(n))
+        elif x < 0.5:
+            c.write(f"aio_write -z -u {off} {n}\n")
+            f.write(bytes(n))
+        else:
+            pat = i % 250 + 1
+            c.write(f"aio_write -P {pat} {off} {n}\n")
+            f.write(bytes([pat]) * n)
+    c.write("aio_flush\n")
+EOF2
+	bd_start --nbd-server addr.type=unix,addr.path="$T/s-$name" \
+		--blockdev "driver=qcow2,node-name=q,discard=unmap,file.driver=file,file.filename=$img" \
+		--export type=nbd,id=e,node-name=q,writable=on
+	local args=() l
+	while read -r l; do args+=(-c "$l"); done <"$T/$name.cmds"
+	qemu-io -f raw "${args[@]}" "$(bd_nbd_unix_uri "$T/s-$name" q)" >"$T/$name.io" 2>&1 ||
+		fail "$name: the requests failed"
+	grep -qi "error\|failed" "$T/$name.io" && fail "$name: a request failed"
+	bd_stop
+	local chk
+	chk=$(qemu-img check "$img" 2>&1) || fail "$name: qemu-img check: $chk"
+	assert_not_contains "$chk" "leaked"
+	qemu-img compare -q -f raw -F qcow2 "$ref" "$img" || fail "$name: data differs from the reference"
+	echo "$name: $((${#args[@]} / 2)) requests submitted at once: clean, equal to the reference"
+}
+
+in_flight fl64k $((64 * 1024))
+in_flight fl32k-backing $((32 * 1024)) backing
 echo ok
