@@ -384,6 +384,12 @@ int q2_sub_plan(struct q2_req *qr);
 bool q2_sub_in_place(struct q2 *s, int slot, uint64_t l2i, uint64_t inoff, uint64_t len,
 		     uint64_t *host);
 int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unmap);
+/* qcow2-sub.c: the same for extended L2 entries: clusters [gc, gc + n clusters) of one table,
+ * mask the subclusters of each to zero (all for discard; partial only with n == 1).  1
+ * planned, 2 nothing to change, 3 a compressed cluster zeroed in part (write zero bytes
+ * instead), 0 waiting, <0 error. */
+int q2_zd_plan_sub(struct q2_req *qr, uint64_t gc, uint64_t n, uint32_t mask, bool zero,
+		   bool unmap);
 void q2_fp_run(struct q2_req *fq);
 
 /* qcow2-writeback.c: write-back of L2/L1 updates [owner loop; q2_wb_sync and q2_wb_stop on

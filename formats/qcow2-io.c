@@ -577,6 +577,90 @@ static int cluster_reads_zero(struct q2_req *qr, uint64_t off, bool *zero)
 	return 1;
 }
 
+/* Does [off, off + part) of one subcluster (extended L2) already read as zeroes? */
+static int sub_reads_zero(struct q2_req *qr, uint64_t off, bool *zero)
+{
+	struct q2 *s = qr->s;
+	uint64_t l1e;
+	struct q2_map m;
+	int slot, r;
+
+	r = q2_l2_get(qr, off, &slot, &l1e);
+	if (r <= 0)
+		return r;
+	if (map_at(s, slot, off, 1, true, &m) < 0)
+		return -EIO;
+	*zero = m.type == Q2_C_ZERO_PLAIN || m.type == Q2_C_ZERO_ALLOC ||
+		(m.type == Q2_C_UNALLOC && q2_reads_zero_unalloc(s, off));
+	return 1;
+}
+
+/* Write [pos, pos + part) of the request as zero bytes through the write machinery; it
+ * returns to me. */
+static int zd_write_bytes(struct q2_req *qr, uint64_t part, enum q2_st me)
+{
+	static const struct iovec zv = {q2_zeroes, sizeof(q2_zeroes)};
+
+	qr->src = &zv;
+	qr->srccnt = 1;
+	qr->src_base = qr->pos;
+	qr->end = qr->pos + part;
+	qr->w_ret = me;
+	qr->st = ST_W_NEXT;
+	return 4; /* run the write machinery for this part */
+}
+
+/* Write-zeroes on an image with extended L2 entries: a partial subcluster is written as zero
+ * bytes (unless it reads as zeroes already), whole subclusters get their zero bits
+ * (qcow2-sub.c), a cluster at a time or whole clusters up to the end of the L2 table.
+ * Returns like zd_step(); *done gets the bytes a planned program covers. */
+static int zd_sub_step(struct q2_req *qr, uint64_t off, uint64_t rem, bool to_end, uint64_t *done)
+{
+	struct q2 *s = qr->s;
+	uint64_t usz = s->cs >> 5, inoff = off & (s->cs - 1), sin = off & (usz - 1);
+	bool unmap = !!(qr->req->flags & BD_REQ_MAY_UNMAP);
+	int r;
+
+	if (sin || (rem < usz && !to_end)) {
+		uint64_t part = usz - sin < rem ? usz - sin : rem;
+		bool z;
+		r = sub_reads_zero(qr, off, &z);
+		if (r <= 0)
+			return r;
+		if (z) {
+			qr->pos += part;
+			return 2;
+		}
+		return zd_write_bytes(qr, part, ST_Z_NEXT);
+	}
+	if (inoff || (rem < s->cs && !to_end)) {
+		/* whole subclusters of one cluster */
+		uint64_t e = inoff + rem;
+		if (e >= s->cs)
+			e = s->cs;
+		else if (to_end)
+			e = (e + usz - 1) & ~(usz - 1);
+		else
+			e &= ~(usz - 1);
+		unsigned sc0 = (unsigned)(inoff / usz), sc1 = (unsigned)(e / usz - 1);
+		uint32_t hi = sc1 == 31 ? UINT32_MAX : (1u << (sc1 + 1)) - 1;
+		uint32_t mask = hi & ~((1u << sc0) - 1);
+		*done = e - inoff < rem ? e - inoff : rem;
+		r = q2_zd_plan_sub(qr, off - inoff, 1, mask, true, unmap);
+		if (r == 3)
+			return zd_write_bytes(qr, *done, ST_Z_NEXT); /* compressed: copied */
+		return r;
+	}
+	uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
+	uint64_t n = (rem + (to_end ? s->cs - 1 : 0)) >> s->cb;
+	if (n > s->l2n - l2i)
+		n = s->l2n - l2i;
+	if (n == 0)
+		n = 1;
+	*done = n << s->cb < rem ? n << s->cb : rem;
+	return q2_zd_plan_sub(qr, off, n, UINT32_MAX, true, unmap);
+}
+
 static int zd_step(struct q2_req *qr, bool zero)
 {
 	struct q2 *s = qr->s;
@@ -588,12 +672,19 @@ static int zd_step(struct q2_req *qr, bool zero)
 		uint64_t inoff = off & (s->cs - 1);
 		uint64_t rem = req->len - qr->pos;
 		bool to_end = req->offset + req->len >= s->size;
+		uint64_t done = 0;
 		int r;
 
 		if (qr->pos == req->len)
 			return 1;
 		if (s->broken)
 			return -EIO;
+		if (zero && s->h.extl2) {
+			r = zd_sub_step(qr, off, rem, to_end, &done);
+			if (r == 2 && !done)
+				continue; /* a partial subcluster that reads as zeroes */
+			goto planned;
+		}
 		/* A partial cluster: write-zeroes writes zero bytes, discard skips it. */
 		if (inoff || (rem < s->cs && !to_end)) {
 			uint64_t part = s->cs - inoff;
@@ -611,14 +702,7 @@ static int zd_step(struct q2_req *qr, bool zero)
 				qr->pos += part;
 				continue;
 			}
-			static const struct iovec zv = {q2_zeroes, sizeof(q2_zeroes)};
-			qr->src = &zv;
-			qr->srccnt = 1;
-			qr->src_base = qr->pos;
-			qr->end = qr->pos + part;
-			qr->w_ret = me;
-			qr->st = ST_W_NEXT;
-			return 4; /* run the write machinery for this part */
+			return zd_write_bytes(qr, part, me);
 		}
 		/* Whole clusters, up to the end of this L2 table. */
 		uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
@@ -627,12 +711,15 @@ static int zd_step(struct q2_req *qr, bool zero)
 			n = s->l2n - l2i;
 		if (n == 0)
 			n = 1;
-		r = q2_zd_plan(qr, off, n, zero, !!(req->flags & BD_REQ_MAY_UNMAP) || !zero);
-		if (r <= 0)
-			return r;
-		uint64_t done = n << s->cb;
+		done = n << s->cb;
 		if (done > rem)
 			done = rem;
+		r = s->h.extl2
+			? q2_zd_plan_sub(qr, off, n, UINT32_MAX, false, true)
+			: q2_zd_plan(qr, off, n, zero, !!(req->flags & BD_REQ_MAY_UNMAP) || !zero);
+	planned:
+		if (r <= 0 || r == 4)
+			return r;
 		qr->chunk = done;
 		if (r == 2) {
 			if (qr->slot >= 0) {
@@ -828,8 +915,7 @@ static void start(struct q2_req *qr)
 		qr->st = ST_W_NEXT;
 		break;
 	case BD_OP_WRITE_ZEROES:
-		if (s->h.version < 3 || s->h.extl2 || s->broken) {
-			/* extended L2: the core writes zeroes (through the subcluster path) */
+		if (s->h.version < 3 || s->broken) {
 			finish(qr, s->broken ? -EIO : -ENOTSUP);
 			return;
 		}
@@ -838,10 +924,6 @@ static void start(struct q2_req *qr)
 	case BD_OP_DISCARD:
 		if (s->broken) {
 			finish(qr, -EIO);
-			return;
-		}
-		if (s->h.extl2) {
-			finish(qr, 0); /* advisory; not done at subcluster granularity yet */
 			return;
 		}
 		qr->st = ST_D_NEXT;

@@ -314,3 +314,113 @@ int q2_sub_plan(struct q2_req *qr)
 	qr->st = ST_A_COW_READ_DONE;
 	return 1;
 }
+
+/* ---- extended L2 entries: write-zeroes and discard ----
+ *
+ * Write-zeroes works on whole subclusters: their allocation bits are cleared and their zero
+ * bits set.  A cluster that ends up all zero loses its host cluster (entry 0, every zero bit
+ * set) when the request may unmap or the cluster is shared or compressed; otherwise an
+ * allocated cluster keeps its host offset with the subclusters marked zero.  A compressed
+ * cluster cannot be zeroed in part: those subclusters are written as zero bytes (the caller
+ * does it through the write path, which copies the cluster).  Discard works on whole clusters:
+ * the entry becomes unallocated (0, bitmap 0) where that reads as zeroes (no backing file, or
+ * past its end), else every subcluster becomes zero, so a discarded cluster never shows the
+ * backing file.  The old host cluster goes to the free program.  The program is the metadata
+ * program of qcow2-alloc.c (refcounts of a new L2 table, flush, L2 entries, frees queued). */
+
+#define Q2_BM_ALL_ZERO 0xffffffff00000000ull
+
+/* Plan the program for clusters [gc, gc + n clusters) of one L2 table (gc cluster aligned);
+ * mask: the subclusters of each cluster to zero (all 32 for discard; a partial mask only with
+ * n == 1).  Returns 1 planned, 2 nothing to change, 3 a compressed cluster is zeroed in part
+ * (write zero bytes instead; nothing planned), 0 waiting, <0 error. */
+int q2_zd_plan_sub(struct q2_req *qr, uint64_t gc, uint64_t n, uint32_t mask, bool zero, bool unmap)
+{
+	struct q2 *s = qr->s;
+	uint64_t l2i = (gc >> s->cb) & (s->l2n - 1);
+	uint64_t l1e;
+	int slot, r;
+
+	if (qr->slot < 0 && !qr->newl2) {
+		r = q2_l2_get(qr, gc, &slot, &l1e);
+		if (r <= 0)
+			return r;
+		/* Without an L2 table every cluster is unallocated: nothing to do where that
+		 * reads as zeroes. */
+		if (slot < 0 && q2_reads_zero_unalloc(s, gc))
+			return 2;
+		if (slot >= 0 && mask != UINT32_MAX) {
+			/* checked before a new table may be allocated for the program */
+			struct q2_l2e e;
+			if (q2_l2e_decode_ext(q2_l2_raw(s, slot, l2i), s->cb, &e) == 0 &&
+			    e.type == Q2_C_COMPRESSED)
+				return 3;
+		}
+		r = q2_mp_prepare_l2(qr, gc);
+		if (r <= 0)
+			return r;
+	}
+	uint8_t *tab = q2_mp_tab(qr);
+	bool changed = false;
+
+	q2_ents_need(qr, 2 * n);
+	qr->l2i = l2i;
+	qr->nent = n;
+	for (uint64_t k = 0; k < n; k++) {
+		uint8_t *ent = tab + 16 * (l2i + k);
+		uint64_t raw = q2_be64(ent), bm = q2_be64(ent + 8), ne, nbm;
+		uint64_t guest = gc + (k << s->cb);
+		struct q2_l2e e;
+
+		if (q2_l2e_decode_ext(raw, s->cb, &e) < 0 || !sub_valid(&e, bm)) {
+			q2_corrupt(s, UINT64_MAX, 0, true,
+				   "Invalid extended L2 entry 0x%016" PRIx64
+				   " bitmap 0x%016" PRIx64,
+				   raw, bm);
+			return -EIO;
+		}
+		if (!zero) {
+			/* discard */
+			ne = 0;
+			nbm = q2_reads_zero_unalloc(s, guest) ? 0 : Q2_BM_ALL_ZERO;
+			q2_free_entry(qr, &e, s->pass_discard_request);
+		} else if (e.type == Q2_C_COMPRESSED) {
+			if (mask != UINT32_MAX) {
+				/* only with a new L2 table copied from a shared one: cannot happen
+				 * after the check above, refuse rather than leak it */
+				q2_corrupt(s, UINT64_MAX, 0, true,
+					   "Compressed cluster changed under the metadata lock");
+				return -EIO;
+			}
+			ne = 0;
+			nbm = Q2_BM_ALL_ZERO;
+			q2_free_entry(qr, &e, s->pass_discard_other);
+		} else {
+			uint32_t nalloc = (uint32_t)bm & ~mask;
+			uint32_t nzero = (uint32_t)(bm >> 32) | mask;
+			ne = raw;
+			nbm = ((uint64_t)nzero << 32) | nalloc;
+			if (e.type == Q2_C_NORMAL && nzero == UINT32_MAX) {
+				bool own = q2_in_place(s, &e);
+				if (unmap || !own) {
+					/* every subcluster reads zero: the host cluster goes */
+					ne = 0;
+					q2_free_entry(qr, &e,
+						      unmap ? s->pass_discard_request
+							    : s->pass_discard_other);
+				}
+			}
+		}
+		qr->ents[2 * k] = ne;
+		qr->ents[2 * k + 1] = nbm;
+		if (ne != raw || nbm != bm)
+			changed = true;
+	}
+	if (!changed && !qr->newl2) {
+		qr->nfr = 0;
+		qr->nent = 0;
+		return 2;
+	}
+	qr->st = ST_MP_P1;
+	return 1;
+}

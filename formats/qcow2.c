@@ -613,7 +613,8 @@ static int q2_open(struct bd_node *node, json_t *opts, struct bd_limits *limits,
 	limits->size = s->size;
 	limits->ops = BD_OP_BIT(BD_OP_READ) | BD_OP_BIT(BD_OP_WRITE) | BD_OP_BIT(BD_OP_FLUSH) |
 		      BD_OP_BIT(BD_OP_BLOCK_STATUS) | BD_OP_BIT(BD_OP_DISCARD);
-	if (s->h.version >= 3 && !s->h.extl2)
+	/* Write-zeroes sets zero flags (v3; subcluster zero bits with extended L2 entries). */
+	if (s->h.version >= 3)
 		limits->ops |= BD_OP_BIT(BD_OP_WRITE_ZEROES);
 	limits->req_align = 1;
 	limits->buf_align = 1;

@@ -5,7 +5,7 @@
 # are allowed: exit code 0 or 3), data acknowledged before a flush reads back intact (checked by
 # QEMU reading the image directly), and blockd opens the image again.  Alternates plain and lazy
 # refcounts (a dirty lazy image is repaired by blockd's open), 64k and 4k clusters, with and
-# without a backing file.
+# without a backing file, extended L2 entries (subcluster zero bits, discard).
 # meson-timeout: 300
 source "$(dirname "$0")/../lib/common.sh"
 need qemu-img qemu-io
@@ -15,11 +15,12 @@ ITERATIONS=${ITERATIONS:-5}
 head -c 8M /dev/urandom >"$T/back.raw"
 leaks=0
 for ((it = 1; it <= ITERATIONS; it++)); do
-	case $((it % 4)) in
+	case $((it % 5)) in
 	0) opts="cluster_size=65536" back= ;;
 	1) opts="cluster_size=4096,lazy_refcounts=on" back= ;;
 	2) opts="cluster_size=65536,lazy_refcounts=on" back=1 ;;
 	3) opts="cluster_size=4096,refcount_bits=8" back=1 ;;
+	4) opts="cluster_size=32768,extended_l2=on" back=1 ;;
 	esac
 	img=$T/crash.qcow2
 	rm -f "$img"
@@ -44,7 +45,7 @@ for ((it = 1; it <= ITERATIONS; it++)); do
 		off=$((2097152 + 512 * ((RANDOM * 32768 + RANDOM) % 20000)))
 		((off + len <= 16777216)) || continue
 		case $((RANDOM % 8)) in
-		0) cmds+=(-c "aio_write -z $off $len") ;;
+		0) u=; ((RANDOM & 1)) && u=-u; cmds+=(-c "aio_write -z $u $off $len") ;;
 		1) cmds+=(-c "discard $off $len") ;;
 		2) cmds+=(-c "aio_flush") ;;
 		*) cmds+=(-c "aio_write -P $((RANDOM % 250 + 1)) $off $len") ;;

@@ -1,9 +1,10 @@
 #!/bin/bash
 # qcow2-write.sh - images written by blockd through NBD are images QEMU trusts: pattern writes,
 # partial-cluster writes (copy-on-write from zeroes, from a backing file and from compressed
-# clusters), write-zeroes (with and without unmap), discard; two exports of the node on two
-# loops so that requests are handed to the node's owner loop.  Afterwards `qemu-img check` is
-# clean and `qemu-img compare` matches a raw image that received the same writes via qemu-io.
+# clusters), write-zeroes (with and without unmap), discard (also with extended L2 entries);
+# two exports of the node on two loops so that requests are handed to the node's owner loop.
+# Afterwards `qemu-img check` is clean and `qemu-img compare` matches a raw image that received
+# the same writes via qemu-io.
 source "$(dirname "$0")/../lib/common.sh"
 need qemu-img qemu-io
 bd_tmpdir
@@ -87,6 +88,9 @@ run_case c2m "cluster_size=2M,refcount_bits=64" 32M 4
 run_case lazy "cluster_size=65536,lazy_refcounts=on" 16M 5
 head -c 6M /dev/urandom >"$T/back.raw"
 run_case backed "cluster_size=16384" 8M 6 "$T/back.raw"
+# extended L2 entries: write-zeroes set subcluster zero bits, discard drops whole clusters
+run_case ext64k "cluster_size=65536,extended_l2=on" 16M 8
+run_case ext32k-backed "cluster_size=32768,extended_l2=on" 8M 9 "$T/back.raw"
 # O_DIRECT on the image file: metadata sector writes go through the core's read-modify-write
 if [ "$(stat -f -c %T "$T")" != tmpfs ]; then
 	run_case direct "cluster_size=4096" 8M 7 "" ",cache.direct=on"

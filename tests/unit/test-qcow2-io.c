@@ -646,6 +646,9 @@ static void test_write_matrix(void)
 		"-o cluster_size=65536,lazy_refcounts=on",
 		"-o cluster_size=2M,refcount_bits=64",
 		"-o cluster_size=8192,refcount_bits=4",
+		/* extended L2 entries: subcluster zero bits, whole-cluster discard */
+		"-o cluster_size=16384,extended_l2=on",
+		"-o cluster_size=65536,extended_l2=on,refcount_bits=1",
 	};
 	char img[512];
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
