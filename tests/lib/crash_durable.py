@@ -19,15 +19,17 @@
 #
 #   verify RAW LOG ISSUED CHECKED_SIZE BACKING|-
 #       RAW is the guest view of the image read by QEMU (qemu-img convert -O raw).  Every LOG
-#       record must read back with its pattern; every sector of the checked region that no
-#       checked write touched must read as the backing file (or zeroes): a crash must not expose
-#       the copy-on-write areas of a half-done allocation nor old data of a reused cluster.
+#       record must read back with its pattern; every sector of an issued but unacknowledged
+#       write holds either that write's data or the original; every sector of the checked region
+#       that no checked write touched reads as the backing file (or zeroes): a crash must not
+#       expose the copy-on-write areas of a half-done allocation nor old data of a reused cluster.
 #       Prints the counts; exit 1 on any mismatch, describing the first ones.
 #
 #   nbdread URI LOG COUNT SEED
 #       Read COUNT random LOG records through an NBD export and compare.
 
 import hashlib
+import mmap
 import os
 import random
 import struct
@@ -44,14 +46,14 @@ def pattern(wid, off, length):
     return b"".join(struct.pack("<QQ", wid, o) + filler for o in range(off, off + length, SECTOR))
 
 
-def describe(data, off):
+def describe(data):
     """What a mismatching sector holds, for the failure message."""
     if data == bytes(len(data)):
         return "zeroes"
     wid, o = struct.unpack_from("<QQ", data)
     if o % SECTOR == 0 and o < 1 << 40 and wid < 1 << 32:
         if data == pattern(wid, o, SECTOR):
-            return "sector %d of write %d (belongs at offset %d)" % ((off - o) // SECTOR, wid, o)
+            return "a sector of write %d that belongs at offset %d" % (wid, o)
         return "header of write %d offset %d, damaged body" % (wid, o)
     return "other data: %s..." % data[:16].hex()
 
@@ -237,7 +239,7 @@ def check_record(kind, wid, off, length, data, errors):
             len(bad),
             length // SECTOR,
             off + bad[0],
-            describe(data[bad[0] : bad[0] + SECTOR], off + bad[0]),
+            describe(data[bad[0] : bad[0] + SECTOR]),
         )
     )
     return False
@@ -249,25 +251,53 @@ def verify(argv):
     backpath = argv[4] if argv[4] != "-" else None
     recs = read_records(logpath)
     errors = []
-    with open(rawpath, "rb") as raw:
-        img = raw.read(checked)
-    img += bytes(checked - len(img))
+    raw = open(rawpath, "rb")
+    if os.fstat(raw.fileno()).st_size < checked:
+        print("%s is shorter than the checked region" % rawpath)
+        return 1
+    img = mmap.mmap(raw.fileno(), checked, prot=mmap.PROT_READ)
     for kind, wid, off, length in recs:
         check_record(kind, wid, off, length, img[off : off + length], errors)
 
-    # Sectors no checked write touched: the backing file's bytes, or zeroes.
     back = b""
     if backpath:
         with open(backpath, "rb") as f:
             back = f.read(checked)
-    back += bytes(checked - len(back))
+
+    def original(a, b):
+        """What [a, b) held before any write: the backing file's bytes, zeroes past its end."""
+        part = back[a:b]
+        return part + bytes(b - a - len(part))
+
+    # Writes not known to be durable: each sector is either the write's or the original bytes
+    # (never another write's data, a freed cluster's old data or garbage).
+    durable = set(r[1] for r in recs)
     used = bytearray(checked // SECTOR)
     nissued = 0
+    nnew = nold = 0
     with open(issuedpath) as f:
         for line in f:
             wid, off, length = (int(x) for x in line.split())
             used[off // SECTOR : (off + length) // SECTOR] = b"\1" * (length // SECTOR)
             nissued += 1
+            if wid in durable:
+                continue
+            data, want, orig = img[off : off + length], pattern(wid, off, length), original(off, off + length)
+            if data == want:
+                nnew += 1
+                continue
+            if data == orig:
+                nold += 1
+                continue
+            for i in range(0, length, SECTOR):
+                sec = data[i : i + SECTOR]
+                if sec != want[i : i + SECTOR] and sec != orig[i : i + SECTOR]:
+                    errors.append(
+                        "unacknowledged write %d at %d+%d: sector at %d holds %s, neither the write's "
+                        "data nor the original" % (wid, off, length, off + i, describe(sec))
+                    )
+                    break
+    # Sectors no checked write touched: the backing file's bytes, or zeroes.
     untouched = 0
     s = 0
     n = len(used)
@@ -280,20 +310,32 @@ def verify(argv):
             e = n
         a, b = s * SECTOR, e * SECTOR
         untouched += e - s
-        if img[a:b] != back[a:b]:
-            for i in range(a, b, SECTOR):
-                if img[i : i + SECTOR] != back[i : i + SECTOR]:
+        want = original(a, b)
+        if img[a:b] != want:
+            for i in range(0, b - a, SECTOR):
+                if img[a + i : a + i + SECTOR] != want[i : i + SECTOR]:
+                    found = describe(img[a + i : a + i + SECTOR])
                     errors.append(
                         "never-written sector at %d holds %s instead of %s"
-                        % (i, describe(img[i : i + SECTOR], i), "backing data" if backpath else "zeroes")
+                        % (a + i, found, "backing data" if backpath else "zeroes")
                     )
                     break
         s = e
     nf = sum(1 for r in recs if r[0] == "F")
     print(
-        "verified %d durable records (%d after flush, %d FUA) of %d checked writes issued; "
-        "%d never-written sectors match %s"
-        % (len(recs), nf, len(recs) - nf, nissued, untouched, "the backing file" if backpath else "zeroes")
+        "verified %d durable records (%d after flush, %d FUA) of %d checked writes issued "
+        "(of the others %d new, %d old, %d mixed); %d never-written sectors match %s"
+        % (
+            len(recs),
+            nf,
+            len(recs) - nf,
+            nissued,
+            nnew,
+            nold,
+            nissued - len(durable) - nnew - nold,
+            untouched,
+            "the backing file" if backpath else "zeroes",
+        )
     )
     if errors:
         print("%d mismatches:" % len(errors))
