@@ -38,6 +38,7 @@ fi
 crash_py()
 {
 	CD_ARGS="$*" PATH=$NBDSH_PATH nbdsh -n -c "import os, sys
+sys.dont_write_bytecode = True
 sys.path.insert(0, '$LIBDIR')
 import crash_durable
 sys.exit(crash_durable.main(os.environ['CD_ARGS'].split()))"
