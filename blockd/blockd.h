@@ -288,6 +288,10 @@ int bd_submit(struct bd_chan *ch, struct bd_req *req);
 /* [loop] For drivers: complete req with ret.  Must not be called inside the driver's submit();
  * use bd_req_complete_later() there. */
 void bd_req_complete(struct bd_req *req, int ret);
+/* [loop] A BLOCK_STATUS driver appends an extent of len bytes to req's answer, merged with the
+ * last one when flags and depth match.  false when the array is full (nothing added). */
+bool bd_req_add_extent(struct bd_req *req, uint64_t len, uint32_t flags, uint32_t depth);
+
 /* [loop] Complete req from a deferred callback on its loop; safe inside submit(). */
 void bd_req_complete_later(struct bd_req *req, int ret);
 

@@ -114,6 +114,23 @@ void bd_chan_free_all(struct bd_chan *ch)
 
 /* ---- completion ---- */
 
+bool bd_req_add_extent(struct bd_req *req, uint64_t len, uint32_t flags, uint32_t depth)
+{
+	if (len == 0)
+		return true;
+	if (req->nr_extents) {
+		struct bd_extent *last = &req->extents[req->nr_extents - 1];
+		if (last->flags == flags && last->depth == depth) {
+			last->length += len;
+			return true;
+		}
+	}
+	if (req->nr_extents >= req->max_extents)
+		return false;
+	req->extents[req->nr_extents++] = (struct bd_extent){len, flags, depth};
+	return true;
+}
+
 /* A request a client sent failed in the storage (not a refused request): tell the control
  * socket, at most once a second per node and loop, as QEMU throttles the event.  Only nodes
  * without parents report: the layers below fail the same request. */

@@ -869,7 +869,7 @@ int q2_zd_plan(struct q2_req *qr, uint64_t off, uint64_t n, bool zero, bool unma
 				ne = raw;
 			} else {
 				ne = Q2_OFLAG_ZERO;
-				q2_free_entry(qr, &e, false);
+				q2_free_entry(qr, &e, s->pass_discard_request);
 			}
 		} else {
 			if (e.type == Q2_C_UNALLOC || e.type == Q2_C_ZERO_PLAIN) {

@@ -296,8 +296,26 @@ int q2_sync_read(struct bd_node *file, uint64_t off, void *buf, uint64_t len);
 int q2_sync_write(struct bd_node *file, uint64_t off, const void *buf, uint64_t len);
 int q2_sync_flush(struct bd_node *file);
 
-/* qcow2-io.c: a never-written buffer of zeroes, 2 MiB long. */
+/* qcow2-io.c: a never-written buffer of zeroes, 2 MiB long (and an iovec of it). */
 void *q2_zero_buf(void);
+const struct iovec *q2_zero_iov(void);
+
+/* qcow2-io.c: how the guest range from off (at most max bytes, cut at the end of the L2 table)
+ * maps: one type, and for data one contiguous host range.  strict: stop at a change of the
+ * COPIED flag too.  0 or -EIO (corruption reported). */
+struct q2_map {
+	enum q2_ctype type;
+	uint64_t host;  /* NORMAL: host offset of off; COMPRESSED: the descriptor's offset */
+	uint64_t csize; /* COMPRESSED */
+	uint64_t len;
+};
+int q2_map_at(struct q2 *s, int slot, uint64_t off, uint64_t max, bool strict,
+	      struct q2_map *m);
+/* qcow2-zero.c: one step of a write-zeroes (zero) or discard request, lock held: 1 done,
+ * 4 run the write path for zero bytes, 5 run the metadata program, 0 waiting, <0 error.
+ * qcow2-status.c: one step of block status: nonzero done (<0 error), 0 waiting. */
+int q2_zd_step(struct q2_req *qr, bool zero);
+int q2_bs_step(struct q2_req *qr);
 
 /* qcow2.c: the file child's node; corruption reports (owner loop or control thread: a fatal
  * report marks the node broken, and on the owner loop also marks the image corrupt on disk). */

@@ -2,9 +2,10 @@
  * qcow2-io.c - the qcow2 request engine: every request (read, write, write-zeroes, discard,
  * block status, flush) runs on the node's *owner loop* as an explicit state machine (struct
  * q2_req, enum q2_st in qcow2-int.h), never blocking.  This file holds the dispatcher (submit,
- * hand-off to the owner loop, start, run, completion), the sub-I/O helpers and the read, write,
- * write-zeroes/discard and block-status paths.  Allocation and the metadata programs are in
- * qcow2-alloc.c, the L2 cache in qcow2-cache.c.
+ * hand-off to the owner loop, start, run, completion), the sub-I/O helpers and the read and
+ * write paths.  Write-zeroes and discard are in qcow2-zero.c, block status in qcow2-status.c,
+ * allocation and the metadata programs in qcow2-alloc.c and qcow2-group.c, the L2 cache in
+ * qcow2-cache.c, its write-back in qcow2-writeback.c.
  *
  * Threading (docs/qcow2.md): q2_submit() runs on any loop; everything else here runs on the
  * owner loop only, so the metadata needs no locks.
@@ -21,6 +22,13 @@ static uint8_t q2_zeroes[1u << Q2_MAX_CLUSTER_BITS];
 void *q2_zero_buf(void)
 {
 	return q2_zeroes;
+}
+
+static const struct iovec q2_zero_iovec = {q2_zeroes, sizeof(q2_zeroes)};
+
+const struct iovec *q2_zero_iov(void)
+{
+	return &q2_zero_iovec;
 }
 
 /* ---- wake-ups and pending frees of a request ---- */
@@ -215,16 +223,7 @@ static uint64_t run_len(struct q2 *s, int slot, uint64_t l2i, uint64_t max,
 	return n;
 }
 
-/* How the guest range from off (at most max bytes, cut at the end of the L2 table) maps:
- * one type, and for data one contiguous host range. */
-struct q2_map {
-	enum q2_ctype type;
-	uint64_t host;  /* NORMAL: host offset of off; COMPRESSED: the descriptor's offset */
-	uint64_t csize; /* COMPRESSED */
-	uint64_t len;
-};
-
-static int map_at(struct q2 *s, int slot, uint64_t off, uint64_t max, bool strict,
+int q2_map_at(struct q2 *s, int slot, uint64_t off, uint64_t max, bool strict,
 		  struct q2_map *m)
 {
 	uint64_t inoff = off & (s->cs - 1);
@@ -314,7 +313,7 @@ static int read_step(struct q2_req *qr)
 			r = q2_l2_get(qr, off, &slot, &l1e);
 			if (r <= 0)
 				return r;
-			if (map_at(s, slot, off, rem, false, &e) < 0)
+			if (q2_map_at(s, slot, off, rem, false, &e) < 0)
 				return -EIO;
 			chunk = e.len;
 			qr->chunk = chunk;
@@ -557,290 +556,6 @@ static int write_step(struct q2_req *qr)
 	}
 }
 
-/* ---- write-zeroes and discard: only whole clusters change the metadata ---- */
-
-/* Does the cluster at guest offset off already read as zeroes? (L2 table cached or none) */
-static int cluster_reads_zero(struct q2_req *qr, uint64_t off, bool *zero)
-{
-	struct q2 *s = qr->s;
-	uint64_t l1e;
-	struct q2_l2e e;
-	int slot, r;
-
-	r = q2_l2_get(qr, off, &slot, &l1e);
-	if (r <= 0)
-		return r;
-	if (q2_l2_entry(s, slot, (off >> s->cb) & (s->l2n - 1), &e) < 0)
-		return -EIO;
-	*zero = e.type == Q2_C_ZERO_PLAIN || e.type == Q2_C_ZERO_ALLOC ||
-		(e.type == Q2_C_UNALLOC && q2_reads_zero_unalloc(s, off & ~(s->cs - 1)));
-	return 1;
-}
-
-/* Does [off, off + part) of one subcluster (extended L2) already read as zeroes? */
-static int sub_reads_zero(struct q2_req *qr, uint64_t off, bool *zero)
-{
-	struct q2 *s = qr->s;
-	uint64_t l1e;
-	struct q2_map m;
-	int slot, r;
-
-	r = q2_l2_get(qr, off, &slot, &l1e);
-	if (r <= 0)
-		return r;
-	if (map_at(s, slot, off, 1, true, &m) < 0)
-		return -EIO;
-	*zero = m.type == Q2_C_ZERO_PLAIN || m.type == Q2_C_ZERO_ALLOC ||
-		(m.type == Q2_C_UNALLOC && q2_reads_zero_unalloc(s, off));
-	return 1;
-}
-
-/* Write [pos, pos + part) of the request as zero bytes through the write machinery; it
- * returns to me. */
-static int zd_write_bytes(struct q2_req *qr, uint64_t part, enum q2_st me)
-{
-	static const struct iovec zv = {q2_zeroes, sizeof(q2_zeroes)};
-
-	qr->src = &zv;
-	qr->srccnt = 1;
-	qr->src_base = qr->pos;
-	qr->end = qr->pos + part;
-	qr->w_ret = me;
-	qr->st = ST_W_NEXT;
-	return 4; /* run the write machinery for this part */
-}
-
-/* Write-zeroes on an image with extended L2 entries: a partial subcluster is written as zero
- * bytes (unless it reads as zeroes already), whole subclusters get their zero bits
- * (qcow2-sub.c), a cluster at a time or whole clusters up to the end of the L2 table.
- * Returns like zd_step(); *done gets the bytes a planned program covers. */
-static int zd_sub_step(struct q2_req *qr, uint64_t off, uint64_t rem, bool to_end, uint64_t *done)
-{
-	struct q2 *s = qr->s;
-	uint64_t usz = s->cs >> 5, inoff = off & (s->cs - 1), sin = off & (usz - 1);
-	bool unmap = !!(qr->req->flags & BD_REQ_MAY_UNMAP);
-	int r;
-
-	if (sin || (rem < usz && !to_end)) {
-		uint64_t part = usz - sin < rem ? usz - sin : rem;
-		bool z;
-		r = sub_reads_zero(qr, off, &z);
-		if (r <= 0)
-			return r;
-		if (z) {
-			qr->pos += part;
-			return 2;
-		}
-		return zd_write_bytes(qr, part, ST_Z_NEXT);
-	}
-	if (inoff || (rem < s->cs && !to_end)) {
-		/* whole subclusters of one cluster */
-		uint64_t e = inoff + rem;
-		if (e >= s->cs)
-			e = s->cs;
-		else if (to_end)
-			e = (e + usz - 1) & ~(usz - 1);
-		else
-			e &= ~(usz - 1);
-		unsigned sc0 = (unsigned)(inoff / usz), sc1 = (unsigned)(e / usz - 1);
-		uint32_t hi = sc1 == 31 ? UINT32_MAX : (1u << (sc1 + 1)) - 1;
-		uint32_t mask = hi & ~((1u << sc0) - 1);
-		*done = e - inoff < rem ? e - inoff : rem;
-		r = q2_zd_plan_sub(qr, off - inoff, 1, mask, true, unmap);
-		if (r == 3)
-			return zd_write_bytes(qr, *done, ST_Z_NEXT); /* compressed: copied */
-		return r;
-	}
-	uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
-	uint64_t n = (rem + (to_end ? s->cs - 1 : 0)) >> s->cb;
-	if (n > s->l2n - l2i)
-		n = s->l2n - l2i;
-	if (n == 0)
-		n = 1;
-	*done = n << s->cb < rem ? n << s->cb : rem;
-	return q2_zd_plan_sub(qr, off, n, UINT32_MAX, true, unmap);
-}
-
-static int zd_step(struct q2_req *qr, bool zero)
-{
-	struct q2 *s = qr->s;
-	struct bd_req *req = qr->req;
-	enum q2_st me = zero ? ST_Z_NEXT : ST_D_NEXT;
-
-	for (;;) {
-		uint64_t off = req->offset + qr->pos;
-		uint64_t inoff = off & (s->cs - 1);
-		uint64_t rem = req->len - qr->pos;
-		bool to_end = req->offset + req->len >= s->size;
-		uint64_t done = 0;
-		int r;
-
-		if (qr->pos == req->len)
-			return 1;
-		if (s->broken)
-			return -EIO;
-		if (zero && s->h.extl2) {
-			r = zd_sub_step(qr, off, rem, to_end, &done);
-			if (r == 2 && !done)
-				continue; /* a partial subcluster that reads as zeroes */
-			goto planned;
-		}
-		/* A partial cluster: write-zeroes writes zero bytes, discard skips it. */
-		if (inoff || (rem < s->cs && !to_end)) {
-			uint64_t part = s->cs - inoff;
-			if (part > rem)
-				part = rem;
-			if (!zero) {
-				qr->pos += part;
-				continue;
-			}
-			bool z;
-			r = cluster_reads_zero(qr, off, &z);
-			if (r <= 0)
-				return r;
-			if (z) {
-				qr->pos += part;
-				continue;
-			}
-			return zd_write_bytes(qr, part, me);
-		}
-		/* Whole clusters, up to the end of this L2 table. */
-		uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
-		uint64_t n = (rem + (to_end ? s->cs - 1 : 0)) >> s->cb;
-		if (n > s->l2n - l2i)
-			n = s->l2n - l2i;
-		if (n == 0)
-			n = 1;
-		done = n << s->cb;
-		if (done > rem)
-			done = rem;
-		r = s->h.extl2
-			? q2_zd_plan_sub(qr, off, n, UINT32_MAX, false, true)
-			: q2_zd_plan(qr, off, n, zero, !!(req->flags & BD_REQ_MAY_UNMAP) || !zero);
-	planned:
-		if (r <= 0 || r == 4)
-			return r;
-		qr->chunk = done;
-		if (r == 2) {
-			if (qr->slot >= 0) {
-				s->slots[qr->slot].pins--;
-				qr->slot = -1;
-			}
-			qr->pos += done;
-			continue;
-		}
-		return 5; /* run the metadata program, then advance by chunk */
-	}
-}
-
-/* ---- block status ---- */
-
-/* Append (or merge) an extent; false when the array is full. */
-static bool ext_add(struct bd_req *req, uint64_t len, uint32_t flags, uint32_t depth)
-{
-	if (len == 0)
-		return true;
-	if (req->nr_extents) {
-		struct bd_extent *last = &req->extents[req->nr_extents - 1];
-		if (last->flags == flags && last->depth == depth) {
-			last->length += len;
-			return true;
-		}
-	}
-	if (req->nr_extents >= req->max_extents)
-		return false;
-	req->extents[req->nr_extents++] = (struct bd_extent){len, flags, depth};
-	return true;
-}
-
-static int bs_step(struct q2_req *qr)
-{
-	struct q2 *s = qr->s;
-	struct bd_req *req = qr->req;
-
-	for (;;) {
-		switch (qr->st) {
-		case ST_B_NEXT: {
-			uint64_t off = req->offset + qr->pos;
-			uint64_t rem = req->len - qr->pos;
-			uint64_t l1e, chunk;
-			struct q2_map e;
-			int slot, r;
-
-			if (qr->pos == req->len || req->nr_extents >= req->max_extents ||
-			    (req->nr_extents && (req->flags & BD_REQ_BS_ONE)))
-				return 1;
-			r = q2_l2_get(qr, off, &slot, &l1e);
-			if (r <= 0)
-				return r;
-			if (map_at(s, slot, off, rem, true, &e) < 0)
-				return -EIO;
-			chunk = e.len;
-			bool ok = true;
-			switch (e.type) {
-			case Q2_C_NORMAL:
-			case Q2_C_COMPRESSED:
-				ok = ext_add(req, chunk, BD_EXT_DATA, 1);
-				break;
-			case Q2_C_ZERO_PLAIN:
-				ok = ext_add(req, chunk, BD_EXT_ZERO, 1);
-				break;
-			case Q2_C_ZERO_ALLOC:
-				ok = ext_add(req, chunk, BD_EXT_ZERO | BD_EXT_DATA, 1);
-				break;
-			case Q2_C_UNALLOC: {
-				uint64_t bsz = s->backing ? bd_node_size(bd_child_node(s->backing)) : 0;
-				if (off >= bsz) {
-					/* Past a short backing file the zeroes count as allocated
-					 * in that backing layer (depth 2 from here), as in QEMU;
-					 * without a backing file nothing has them (0). */
-					ok = ext_add(req, chunk, BD_EXT_ZERO, s->backing ? 2 : 0);
-					break;
-				}
-				if (chunk > bsz - off)
-					chunk = bsz - off;
-				qr->chunk = chunk;
-				qr->bs_len = 0;
-				qr->st = ST_B_BACKING_DONE;
-				q2_sub_io(qr, s->backing, BD_OP_BLOCK_STATUS, off, chunk, NULL, 0,
-					  0);
-				if (qr->pending)
-					return 0;
-				return qr->err ? qr->err : -EIO;
-			}
-			}
-			if (!ok)
-				return 1;
-			qr->pos += chunk;
-			continue;
-		}
-		case ST_B_BACKING_DONE: {
-			uint64_t got = 0;
-			if (qr->err)
-				return qr->err;
-			for (uint64_t i = 0; i < qr->bs_len && got < qr->chunk; i++) {
-				uint64_t l = qr->bext[i].length;
-				if (l > qr->chunk - got)
-					l = qr->chunk - got;
-				if (!ext_add(req, l, qr->bext[i].flags,
-					     qr->bext[i].depth ? qr->bext[i].depth + 1 : 0))
-					break;
-				got += l;
-			}
-			if (got == 0)
-				return req->nr_extents ? 1 : -EIO;
-			qr->pos += got;
-			if (got < qr->chunk)
-				return 1;
-			qr->st = ST_B_NEXT;
-			continue;
-		}
-		default:
-			return -EIO;
-		}
-	}
-}
-
 /* ---- the dispatcher ---- */
 
 static void start(struct q2_req *qr);
@@ -1043,12 +758,6 @@ static void run(struct q2_req *qr)
 				continue;
 			/* program done: advance */
 			qr->pos += qr->chunk;
-			if (qr->req->op == BD_OP_WRITE || qr->w_ret == ST_Z_NEXT) {
-				if (qr->req->op == BD_OP_WRITE_ZEROES && qr->st == ST_MP_P3_DONE &&
-				    qr->w_ret == ST_Z_NEXT && qr->end != qr->pos) {
-					/* still inside a partial-zero write range */
-				}
-			}
 			if (qr->req->op == BD_OP_WRITE)
 				qr->st = ST_W_NEXT;
 			else if (qr->req->op == BD_OP_WRITE_ZEROES)
@@ -1123,7 +832,7 @@ static void run(struct q2_req *qr)
 			qr->src = NULL;
 			if (!q2_lock_take(qr))
 				return;
-			r = zd_step(qr, qr->st == ST_Z_NEXT);
+			r = q2_zd_step(qr, qr->st == ST_Z_NEXT);
 			if (r < 0 || r == 1) {
 				finish(qr, r < 0 ? r : 0);
 				return;
@@ -1138,7 +847,7 @@ static void run(struct q2_req *qr)
 				finish(qr, qr->err);
 				return;
 			}
-			r = bs_step(qr);
+			r = q2_bs_step(qr);
 			if (r != 0)
 				finish(qr, r < 0 ? r : 0);
 			return;

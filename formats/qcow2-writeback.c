@@ -323,8 +323,7 @@ int q2_wb_sync(struct q2 *s)
 	if (r == 0)
 		r = q2_sync_flush(f);
 	if (r < 0) {
-		q2_corrupt(s, UINT64_MAX, 0, true, "Metadata write-back failed (%s)",
-			   strerror(-r));
+		q2_corrupt(s, UINT64_MAX, 0, true, "Metadata write-back failed (%s)", strerror(-r));
 		return r;
 	}
 	s->ndirty = 0;

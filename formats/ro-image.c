@@ -467,22 +467,6 @@ static void ro_read(struct ro_req *rr)
 
 /* ---- block status ---- */
 
-static bool ext_add(struct bd_req *req, uint64_t len, uint32_t flags, uint32_t depth)
-{
-	if (len == 0)
-		return true;
-	if (req->nr_extents) {
-		struct bd_extent *last = &req->extents[req->nr_extents - 1];
-		if (last->flags == flags && last->depth == depth) {
-			last->length += len;
-			return true;
-		}
-	}
-	if (req->nr_extents >= req->max_extents)
-		return false;
-	req->extents[req->nr_extents++] = (struct bd_extent){len, flags, depth};
-	return true;
-}
 
 static void bs_run(struct ro_req *rr);
 
@@ -513,7 +497,7 @@ static void bs_sub_done(struct bd_req *c, int ret)
 			depth = 1;
 			flags = BD_EXT_DATA | (flags & BD_EXT_ZERO);
 		}
-		if (!ext_add(req, l, flags, depth))
+		if (!bd_req_add_extent(req, l, flags, depth))
 			break;
 		got += l;
 	}
@@ -576,17 +560,17 @@ static void bs_run(struct ro_req *rr)
 		}
 		switch (seg.kind) {
 		case RO_ZERO:
-			ok = ext_add(req, seg.len, BD_EXT_ZERO, 1);
+			ok = bd_req_add_extent(req, seg.len, BD_EXT_ZERO, 1);
 			break;
 		case RO_COMPRESSED:
-			ok = ext_add(req, seg.len, BD_EXT_DATA, 1);
+			ok = bd_req_add_extent(req, seg.len, BD_EXT_DATA, 1);
 			break;
 		case RO_UNALLOC: {
 			uint64_t bsz = ro->backing ? bd_node_size(bd_child_node(ro->backing)) : 0;
 			if (off >= bsz) {
 				/* Zeroes past a short backing file belong to that layer (as
 				 * QEMU counts them); without a backing nothing has them. */
-				ok = ext_add(req, seg.len, BD_EXT_ZERO, ro->backing ? 2 : 0);
+				ok = bd_req_add_extent(req, seg.len, BD_EXT_ZERO, ro->backing ? 2 : 0);
 				break;
 			}
 			rr->sub_backing = true;
@@ -600,12 +584,12 @@ static void bs_run(struct ro_req *rr)
 		case RO_DATA: {
 			uint64_t fsz = ro->fsizes[seg.child];
 			if (seg.host >= fsz) {
-				ok = ext_add(req, seg.len, BD_EXT_DATA | BD_EXT_ZERO, 1);
+				ok = bd_req_add_extent(req, seg.len, BD_EXT_DATA | BD_EXT_ZERO, 1);
 				break;
 			}
 			if (!seg.recurse) {
 				/* QEMU's rule: only flat data asks the file about zeroes. */
-				ok = ext_add(req, seg.len, BD_EXT_DATA, 1);
+				ok = bd_req_add_extent(req, seg.len, BD_EXT_DATA, 1);
 				break;
 			}
 			rr->sub_backing = false;
