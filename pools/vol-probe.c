@@ -6,7 +6,7 @@
  * The bytes are guest-controlled (a volume handed to a VM can be rewritten into any header), so
  * the parser trusts nothing: every offset and length is checked against the header buffer or
  * the file size in 64-bit arithmetic, loops advance by at least 8 bytes, and at most two
- * callback reads happen (the backing file name, the vpc footer), each at most 1 KiB.  A header
+ * callback reads happen (backing file names outside the header), each at most 1 KiB.  A header
  * that is only partly valid still gets its format (the format driver refuses it on open with
  * its own error); a backing file name that cannot be read or shown sets backing_odd, which
  * makes bd_vol_open() ask for an explicit format.  bd_vol_probe_set() copies a result into a
@@ -259,14 +259,9 @@ void bd_vol_probe(const unsigned char *h, size_t n, uint64_t size, bd_vol_probe_
 	} else if (n >= 64 && !memcmp(h, "conectix", 8)) {
 		r->format = "vpc"; /* dynamic: a copy of the footer at 0 */
 		r->capacity = vpc_size(h);
-	} else if (size >= 1024 && rd) {
-		unsigned char f[512];
-		if (rd(opaque, size - 512, f, sizeof(f)) == (long)sizeof(f) &&
-		    !memcmp(f, "conectix", 8)) {
-			r->format = "vpc"; /* fixed: the footer ends the file */
-			r->capacity = vpc_size(f);
-		}
 	}
+	/* A fixed VHD (its footer only at the end) stays raw, as in QEMU's and libvirt's probes:
+	 * a guest writes its raw volume's last sector freely, so that footer proves nothing. */
 }
 
 static int set_str(char **dst, const char *s)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # netfs-nfs.sh: a netfs pool with <format type='nfs'/> against nfs-ganesha, with no kernel
-# mount: define/start, refresh lists the export's files (formats probed: raw, qcow2, a fixed
-# vpc, a hostile qcow2 header; hidden files and directories left out), vol create (raw,
+# mount: define/start, refresh lists the export's files (formats probed: raw, qcow2, a dynamic
+# vpc, a fixed one as raw, a hostile qcow2 header; hidden files and directories left out), vol create (raw,
 # qcow2), resize, wipe, delete, each checked on the server's directory; a volume opened as a
 # node and written through NBD; qemu-img check of a qcow2 volume; in-use refusals;
 # find-storage-pool-sources lists the exports; a pool whose export does not exist fails to
@@ -64,10 +64,11 @@ rm "$E/late.raw"
 bc pool-refresh np >/dev/null
 assert_not_contains "$(bc vol-list np)" "late.raw"
 
-# the probe over NFS (pools/vol-probe.c): a fixed VHD is known by the footer at the end of the
-# file (a second read); a qcow2 header extension of length 0xFFFFFFF8 (which looped the dir
-# pools' refresh before) is listed promptly as qcow2
-qemu-img create -q -f vpc -o subformat=fixed "$E/f.vpc" 8M
+# the probe over NFS (pools/vol-probe.c): a dynamic VHD is known by its header, a fixed one
+# (only a footer in its last sector) is raw, as QEMU probes it; a qcow2 header extension of
+# length 0xFFFFFFF8 (which looped the dir pools' refresh before) is listed promptly as qcow2
+qemu-img create -q -f vpc "$E/f.vpc" 8M
+qemu-img create -q -f vpc -o subformat=fixed "$E/g.vpc" 8M
 cp "$E/b.qcow2" "$E/wrap.img"
 python3 - "$E/wrap.img" <<'PY'
 import struct, sys
@@ -82,10 +83,11 @@ fmt_cap() {
 		python3 -c 'import json,sys; d=json.load(sys.stdin); d=d.get("return",d); print(d["format"], d["capacity"])'
 }
 assert_eq "$(fmt_cap f.vpc)" "vpc $vsize"
+assert_eq "$(fmt_cap g.vpc)" "raw $(stat -c %s "$E/g.vpc")"
 assert_eq "$(fmt_cap wrap.img)" "qcow2 16777216"
 assert_eq "$(fmt_cap b.qcow2)" "qcow2 16777216"
 assert_eq "$(fmt_cap a.raw)" "raw 8388608"
-rm "$E/f.vpc" "$E/wrap.img"
+rm "$E/f.vpc" "$E/g.vpc" "$E/wrap.img"
 bc pool-refresh np >/dev/null
 
 # create raw and qcow2

@@ -1,7 +1,8 @@
 #!/bin/bash
 # pool-probe.sh - what a dir pool's refresh reads from its volumes' headers (pools/vol-probe.c):
 # the format, virtual size and backing file of images qemu-img made (qcow2 v2/v3, qcow, qed,
-# vmdk sparse/stream/descriptor, vdi, vpc dynamic/fixed), compared with qemu-img info; and
+# vmdk sparse/stream/descriptor, vdi, vpc dynamic; a fixed vpc is raw, as QEMU probes it),
+# compared with qemu-img info; and
 # hostile headers a guest could write into its raw volume: a qcow2 header extension whose
 # length (0xFFFFFFF8) wrapped a 32-bit offset back onto itself (an endless loop on the control
 # thread before), a huge header_length, backing names with control characters or past the end
@@ -79,7 +80,7 @@ print(d["format"], d["capacity"], d.get("backing-store", "-"))'
 vsize() { qemu-img info -f "$2" --output=json "$P/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])'; }
 
 for v in q2v2.qcow2:qcow2 q2v3.qcow2:qcow2 q2back.qcow2:qcow2 q1.qcow:qcow qed.qed:qed \
-	sparse.vmdk:vmdk stream.vmdk:vmdk split.vmdk:vmdk d.vdi:vdi dyn.vpc:vpc fixed.vpc:vpc; do
+	sparse.vmdk:vmdk stream.vmdk:vmdk split.vmdk:vmdk d.vdi:vdi dyn.vpc:vpc fixed.vpc:raw; do
 	name=${v%%:*} fmt=${v##*:}
 	got=$(vol "$name")
 	assert_eq "${got%% *}" "$fmt" "format of $name"
