@@ -20,12 +20,14 @@
 #   --blockd PATH   the daemon (default $BLOCKD, else build/blockd)
 #   --markdown FILE also write the table as markdown
 #   --jobs LIST     space-separated jobs to run (default: all four; e.g. "randwrite-4k-qd1 randwrite-4k-qd32")
+#   --fsync N       a flush (NBD_CMD_FLUSH) after every N writes (fio's fsync=N; default none)
+#   --blockd-opts S more qcow2 options for blockd's node, e.g. ",l2-writeback=off" (default none)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 runtime=10 ramp=2 repeat=1 size=1G wsize=64G cache=writeback dir=$root/var/bench
-blockd=${BLOCKD:-$root/build/blockd} markdown=""
+blockd=${BLOCKD:-$root/build/blockd} markdown="" fsync=0 bopts=""
 jobs="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32"
 usage()
 {
@@ -44,6 +46,8 @@ while [ $# -gt 0 ]; do
 	--blockd) blockd=$2; shift ;;
 	--markdown) markdown=$2; shift ;;
 	--jobs) jobs=$2; shift ;;
+	--fsync) fsync=$2; shift ;;
+	--blockd-opts) bopts=$2; shift ;;
 	-h | --help) usage 0 ;;
 	*) echo "qcow2-compare.sh: unknown option '$1'" >&2; usage 1 >&2 ;;
 	esac
@@ -81,12 +85,13 @@ sync
 # start_server NAME IMAGE FORMAT
 start_server()
 {
-	local s=$1 img=$2 fmt=$3
+	local s=$1 img=$2 fmt=$3 extra=""
+	[ "$fmt" != qcow2 ] || extra=$bopts
 	rm -f "$sock"
 	case $s in
 	blockd*)
 		"$blockd" --blockdev "driver=file,node-name=f,filename=$img,cache.direct=$direct" \
-			--blockdev "driver=$fmt,node-name=r,file=f" \
+			--blockdev "driver=$fmt,node-name=r,file=f$extra" \
 			--nbd-server "addr.type=unix,addr.path=$sock" \
 			--export "type=nbd,id=e,node-name=r,name=disk,writable=on" \
 			>"$work/server.log" 2>&1 &
@@ -145,7 +150,7 @@ run_one()
 		return 0
 	fi
 	sed -e "s/^runtime=.*/runtime=$runtime/" -e "s/^ramp_time=.*/ramp_time=$ramp/" \
-		"$here/$j.fio" >"$work/job.fio"
+		-e "s/^\[global\]$/[global]\nfsync=$fsync/" "$here/$j.fio" >"$work/job.fio"
 	local frc=0
 	NBD_URI=$uri fio --output-format=json --output="$out" "$work/job.fio" >"$work/fio.log" 2>&1 ||
 		frc=$?
