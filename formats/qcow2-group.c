@@ -74,6 +74,8 @@ static bool grp_fits(struct q2 *s, struct q2_req *qr, bool *new_l1)
 		return true;
 	if (s->gm_n >= Q2_GRP_MAX || s->g_bytes + qr->g_bytes > Q2_GRP_BYTES)
 		return false;
+	if (s->l2wb && q2_wb_over_limit(s))
+		return false; /* the slots a member may need are dirty: write back first */
 	return !*new_l1 || s->g_nl1 < max_l1;
 }
 
@@ -276,6 +278,18 @@ static void grp_finish(struct q2_req *gq, int err)
 		m->g_ready = false;
 		m->st = ST_G_DONE;
 		q2_wake(m);
+	}
+	s->gm_n = s->g_wait = s->g_nl1 = s->g_data = 0;
+	s->g_bytes = 0;
+	if (!err && s->l2wb && !s->broken && q2_wb_over_limit(s)) {
+		/* write-back members left dirty tables before this commit: write them back
+		 * before the lock is free, or the next group's members may find no slot */
+		s->g_commit = true;
+		gq->err = 0;
+		gq->wb_ret = ST_G_WB_DONE;
+		gq->st = ST_WB_START;
+		q2_wake(gq);
+		return;
 	}
 	grp_end(s);
 }

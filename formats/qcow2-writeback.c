@@ -170,6 +170,9 @@ int q2_wb_step(struct q2_req *qr)
 			if (qr->err)
 				return wb_fail(qr, "flush");
 			qr->st = ST_WB_WRITTEN;
+			/* the tables look clean from now on: a guest flush must still wait for
+			 * these writes (q2_l2_written restarts it) */
+			s->l2_writing++;
 			r = wb_write_tables(qr);
 			if (r < 0 && !qr->err)
 				qr->err = r;
@@ -177,6 +180,7 @@ int q2_wb_step(struct q2_req *qr)
 				return 1;
 			continue;
 		case ST_WB_WRITTEN:
+			q2_l2_written(s);
 			for (unsigned i = 0; i < qr->wb_n; i++)
 				s->slots[qr->wb_slots[i]].pins--;
 			qr->wb_n = 0;
@@ -206,8 +210,12 @@ static void wb_timer_fire(struct bd_timer *t)
 	struct q2 *s = (struct q2 *)(void *)((char *)t - offsetof(struct q2, wb_timer));
 
 	s->wb_armed = false;
-	if (s->frozen || s->broken || !q2_wb_dirty(s) || s->wbq->st != ST_START)
+	if (s->frozen || s->broken || !q2_wb_dirty(s))
 		return;
+	if (s->wbq->st != ST_START) {
+		q2_wb_arm(s); /* still busy with the last round: try again later */
+		return;
+	}
 	s->wbq->st = ST_WT_LOCK;
 	s->wbq->err = 0;
 	q2_wake(s->wbq);
@@ -346,7 +354,10 @@ static void wb_stop_msg(void *arg)
 		bd_timer_cancel(s->owner, &s->wb_timer);
 		s->wb_armed = false;
 	}
-	c->idle = !s->wbq || s->wbq->st == ST_START;
+	/* nothing on the owner loop may still touch the tables: no timer round, no lock holder
+	 * (a group writing back after its last member left), no free program */
+	c->idle = (!s->wbq || s->wbq->st == ST_START) && !s->lock_owner &&
+		  !atomic_load(&s->free_running);
 }
 
 void q2_wb_stop(struct q2 *s)

@@ -9,7 +9,10 @@
 #  3. the timer (l2-writeback-interval=1): writes without a flush, 2.5 s, SIGKILL: all there;
 #  4. an internal snapshot taken with dirty tables (QMP): the snapshot holds the writes;
 #  5. block_resize with dirty tables, then SIGKILL after a flush: data and size there;
-#  6. l2-writeback=off: the write-through path (every commit written), SIGKILL after a flush.
+#  6. l2-writeback=off: the write-through path (every commit written), SIGKILL after a flush;
+#  7. a tiny cache with write-through members among the write-back ones (writes over allocated
+#     zero clusters free them): the commit must write back before the next group, else a
+#     member waited for a slot forever (found in review: the node hung).
 # meson-timeout: 240
 source "$(dirname "$0")/../lib/common.sh"
 need qemu-img qemu-io nbdsh python3
@@ -143,6 +146,17 @@ fresh cluster_size=65536 1G
 start "$T/img.qcow2" ",l2-writeback=off"
 load_held 6 1500 $((1024 * M)) QD=32 FLUSH_AT_END=1
 crash "$T/img.qcow2"
+verify "$T/img.qcow2"
+
+echo "== 7: tiny cache, write-back and write-through members mixed (at ${SECONDS}s)"
+fresh cluster_size=4096 256M
+cmds=()
+for ((o = 0; o < 256 * M; o += 65536)); do cmds+=(-c "write -P 0 $o 4k" -c "write -z $o 4k"); done
+qemu-io -f qcow2 "${cmds[@]}" "$T/img.qcow2" >/dev/null
+start "$T/img.qcow2" ",l2-cache-size=65536,l2-writeback-interval=0"
+timeout 120 bash -c "$(declare -f load); T=$T URI='$URI' HERE=$HERE load 7 4000 $((256 * M)) QD=64 MAXLEN=8192" ||
+	fail "load 7 failed or hung"
+bd_stop
 verify "$T/img.qcow2"
 
 echo "qcow2 write-back: all cases ok"
