@@ -119,6 +119,20 @@ static inline void bd_timer_init(struct bd_timer *t, void (*fire)(struct bd_time
 	t->heap_index = -1;
 }
 
+/* A completion queue from threads that are not loops (a library's callback threads) to one
+ * loop (blockd/xqueue.c).  Embed a struct bd_xq_item in what is queued.  bd_xq_new [loop]
+ * (what names the user in log messages; deliver runs on the loop for each item, oldest first;
+ * 0 or -errno); bd_xq_push [any thread but the loop's]; bd_xq_close [loop]: nothing will be
+ * pushed any more (pushes still in progress are waited for); the queue frees itself. */
+struct bd_xq_item {
+	struct bd_xq_item *next;
+};
+struct bd_xq;
+int bd_xq_new(struct bd_loop *loop, const char *what, void (*deliver)(struct bd_xq_item *it),
+	      struct bd_xq **out);
+void bd_xq_push(struct bd_xq *q, struct bd_xq_item *it);
+void bd_xq_close(struct bd_xq *q);
+
 /* A readiness watch on a file descriptor, for libraries that do their own socket I/O (libiscsi,
  * libnfs, libnbd).  ready() runs on the loop with the poll(2) revents that happened (POLLIN,
  * POLLOUT, POLLERR, POLLHUP); the watch re-arms itself afterwards with the events then wanted.

@@ -6,9 +6,9 @@
  * Threads: open/close/resize/create/describe run on the control thread (create may run on a
  * worker).  submit() runs on the request's I/O loop; gfapi calls our completion on one of its
  * own threads (or inline, inside the submitting call, when a translator answers at once); the
- * completion goes back to the request's loop through the channel's lock-free completion queue
- * (one eventfd write wakes the loop for a whole burst; the loop reads the eventfd with io_uring and
- * completes every queued request), or, inline, through deferred work on the loop.
+ * completion goes back to the request's loop through the channel's completion queue
+ * (blockd/xqueue.c: lock-free, one eventfd write and one CQE per burst), or, inline, through
+ * deferred work on the loop.
  *
  * Timeouts: gfapi has no per-call timeout, so every request arms a timer on its loop.  When it
  * fires first, the request completes with -EIO and the operation is abandoned: an atomic state
@@ -35,7 +35,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,7 +79,7 @@ struct gl_op {
 	struct gl_file *file;
 	struct gl_node *gn;
 	struct gl_chan *gc;
-	struct gl_cq *cq;
+	struct bd_xq *cq;
 	struct bd_loop *loop;
 	struct bd_req *req; /* NULL once abandoned */
 	struct bd_timer timer;
@@ -96,24 +95,12 @@ struct gl_op {
 	uint64_t bs_off, bs_len;
 	glfs_fd_t *fd;
 	struct gl_op *next;  /* channel free list */
-	struct gl_op *qnext; /* completion queue */
+	struct bd_xq_item qlink; /* completion queue */
 };
 
-/* Per channel (per loop): completions pushed by gfapi's threads (lock-free, newest first) and the
- * eventfd that wakes the loop; the loop keeps an io_uring read pending on it.  Allocated apart
- * from the channel: the pending read outlives chan_close() until it completes. */
-struct gl_cq {
-	_Atomic(struct gl_op *) head;
-	atomic_int pushing; /* threads inside cq_push(): the queue must outlive them */
-	int efd;
-	bool stopping;
-	uint64_t val;
-	struct bd_io io;
-	struct bd_loop *loop;
-};
-
+/* Per channel (per loop): completions pushed by gfapi's threads (blockd/xqueue.c). */
 struct gl_chan {
-	struct gl_cq *cq;
+	struct bd_xq *cq;
 	struct gl_op *free_ops;
 	unsigned nfree;
 	size_t cached; /* bytes of bounce buffers held by free_ops */
@@ -241,62 +228,10 @@ static void op_done_defer(struct bd_defer *d)
 	op_done_msg(container_of(d, struct gl_op, defer));
 }
 
-/* [any thread but the loop's] Queue a finished operation for its loop; the first one into an
- * empty queue wakes the loop, later ones ride along. */
-static void cq_push(struct gl_cq *cq, struct gl_op *op)
+/* [loop] A finished operation from the queue. */
+static void cq_deliver(struct bd_xq_item *it)
 {
-	struct gl_op *old;
-	uint64_t one = 1;
-
-	atomic_fetch_add_explicit(&cq->pushing, 1, memory_order_acquire);
-	old = atomic_load_explicit(&cq->head, memory_order_relaxed);
-	do {
-		op->qnext = old;
-	} while (!atomic_compare_exchange_weak_explicit(&cq->head, &old, op, memory_order_release,
-							memory_order_relaxed));
-	if (!old) {
-		ssize_t w = write(cq->efd, &one, sizeof(one));
-		(void)w; /* the counter cannot overflow: the loop reads it on every wake-up */
-	}
-	atomic_fetch_sub_explicit(&cq->pushing, 1, memory_order_release);
-}
-
-static void cq_arm(struct gl_cq *cq)
-{
-	struct io_uring_sqe *sqe = bd_loop_sqe(cq->loop);
-	io_uring_prep_read(sqe, cq->efd, &cq->val, sizeof(cq->val), 0);
-	bd_io_attach(sqe, &cq->io);
-}
-
-/* [loop] The eventfd read completed: complete every queued operation, oldest first. */
-static void cq_done(struct bd_io *io, int res)
-{
-	struct gl_cq *cq = container_of(io, struct gl_cq, io);
-	struct gl_op *list, *rev = NULL;
-
-	if (cq->stopping) {
-		/* The last completion may still be between its push and its eventfd write. */
-		while (atomic_load_explicit(&cq->pushing, memory_order_acquire))
-			sched_yield();
-		close(cq->efd);
-		free(cq);
-		return;
-	}
-	if (res < 0 && res != -EAGAIN && res != -EINTR && res != -ECANCELED)
-		bd_log(BD_LOG_WARN, "gluster: reading the completion eventfd: %s", strerror(-res));
-	list = atomic_exchange_explicit(&cq->head, NULL, memory_order_acquire);
-	while (list) {
-		struct gl_op *next = list->qnext;
-		list->qnext = rev;
-		rev = list;
-		list = next;
-	}
-	cq_arm(cq); /* before completing: a completion pushed meanwhile writes the eventfd again */
-	while (rev) {
-		struct gl_op *next = rev->qnext;
-		op_done_msg(rev);
-		rev = next;
-	}
+	op_done_msg(container_of(it, struct gl_op, qlink));
 }
 
 /* [gfapi thread, or inline in the submitting call] */
@@ -340,7 +275,7 @@ static void op_finish(struct gl_op *op)
 			bd_loop_defer(op->loop, &op->defer);
 			return;
 		}
-		cq_push(op->cq, op);
+		bd_xq_push(op->cq, &op->qlink);
 		return;
 	}
 	/* Abandoned by the timer: the request is long gone; only the operation remains. */
@@ -553,39 +488,20 @@ static int gl_submit(struct bd_node *node, struct bd_chan *ch, struct bd_req *re
 static int gl_chan_open(struct bd_node *node, struct bd_chan *ch)
 {
 	struct gl_chan *gc = bd_chan_priv(ch);
-	struct gl_cq *cq = calloc(1, sizeof(*cq));
 
 	(void)node;
-	if (!cq)
-		return -ENOMEM;
-	cq->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (cq->efd < 0) {
-		int e = -errno;
-		free(cq);
-		return e;
-	}
-	atomic_init(&cq->head, NULL);
-	atomic_init(&cq->pushing, 0);
-	cq->io.done = cq_done;
-	cq->loop = bd_chan_loop(ch);
-	cq_arm(cq);
-	gc->cq = cq;
-	return 0;
+	return bd_xq_new(bd_chan_loop(ch), "gluster", cq_deliver, &gc->cq);
 }
 
 /* Every request has completed (the core closes a channel only then; abandoned operations never
- * use the queue): end the pending read by making the eventfd readable, its completion frees the
- * queue. */
+ * use the queue): the queue goes. */
 static void gl_chan_close(struct bd_node *node, struct bd_chan *ch)
 {
 	struct gl_chan *gc = bd_chan_priv(ch);
-	uint64_t one = 1;
 
 	(void)node;
 	if (gc->cq) {
-		gc->cq->stopping = true;
-		if (write(gc->cq->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-			abort(); /* cannot happen with a valid eventfd */
+		bd_xq_close(gc->cq);
 		gc->cq = NULL;
 	}
 	while (gc->free_ops) {

@@ -3,10 +3,8 @@
  *
  * Threads: open/close/resize/describe/create on the control thread (create on a job's worker
  * thread); submit() on the request's I/O loop.  librbd completes requests on its own threads:
- * the completion callback only pushes the request onto its channel's lock-free completion queue
- * and, when the queue was empty, writes the channel's eventfd.  The loop keeps an io_uring read
- * pending on that eventfd and, when it completes, takes the whole queue at once, so a burst of
- * completions costs one eventfd write and one CQE, no lock, no poll and no read syscall.
+ * the completion callback only pushes the request onto its channel's completion queue
+ * (blockd/xqueue.c: lock-free, one eventfd write and one CQE per burst of completions).
  *
  * Options are QEMU's BlockdevOptionsRbd plus "timeout" (seconds, default 30) that bounds every
  * mon/OSD operation, so a dead cluster yields EIO instead of a hang; "filename=rbd:..." is the
@@ -17,12 +15,10 @@
 #include <liburing.h>
 #include <pthread.h>
 #include <rbd/librbd.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,31 +37,18 @@ struct rbd_node {
 
 struct rbd_req;
 
-/* Per channel (per loop): the queue librbd's threads push completions onto, and the eventfd that
- * wakes the loop.  The loop keeps an io_uring read pending on the eventfd (no poll, no read
- * syscall, no re-arm syscall: the read is re-queued with the loop's next submission).  Allocated
- * apart from the channel because the read outlives chan_close() until it completes. */
-struct rbd_cq {
-	_Atomic(struct rbd_req *) head;
-	atomic_int pushing; /* librbd threads inside rbd_aio_done(): the queue must outlive them */
-	int efd;
-	bool stopping;
-	uint64_t val;
-	struct bd_io io;
-	struct bd_loop *loop;
-};
-
+/* Per channel (per loop): the queue librbd's threads push completions onto (blockd/xqueue.c). */
 struct rbd_chan {
-	struct rbd_cq *cq;
+	struct bd_xq *cq;
 };
 
 struct rbd_req {
 	struct bd_req *req;
-	struct rbd_cq *cq;
+	struct bd_xq *cq;
 	struct rbd_node *rn;
 	rbd_completion_t comp;
 	ssize_t ret;
-	struct rbd_req *next;
+	struct bd_xq_item qlink;
 };
 
 /* ---- completions ---- */
@@ -74,23 +57,10 @@ struct rbd_req {
 static void rbd_aio_done(rbd_completion_t c, void *arg)
 {
 	struct rbd_req *rr = arg;
-	struct rbd_cq *cq = rr->cq;
-	struct rbd_req *old;
-	uint64_t one = 1;
 
 	rr->ret = rbd_aio_get_return_value(c);
 	rbd_aio_release(c);
-	atomic_fetch_add_explicit(&cq->pushing, 1, memory_order_acquire);
-	old = atomic_load_explicit(&cq->head, memory_order_relaxed);
-	do {
-		rr->next = old;
-	} while (!atomic_compare_exchange_weak_explicit(&cq->head, &old, rr, memory_order_release,
-							memory_order_relaxed));
-	if (!old) {
-		ssize_t w = write(cq->efd, &one, sizeof(one));
-		(void)w; /* the counter cannot overflow: the loop reads it on every wake-up */
-	}
-	atomic_fetch_sub_explicit(&cq->pushing, 1, memory_order_release);
+	bd_xq_push(rr->cq, &rr->qlink);
 }
 
 static int map_error(struct rbd_node *rn, ssize_t ret)
@@ -114,82 +84,28 @@ static void finish(struct rbd_req *rr)
 	bd_req_complete(req, ret < 0 ? map_error(rr->rn, ret) : 0);
 }
 
-static void cq_arm(struct rbd_cq *cq);
-
-/* [loop] The eventfd read completed: complete every queued request, oldest first. */
-static void cq_done(struct bd_io *io, int res)
+/* [loop] A completion from the queue. */
+static void cq_deliver(struct bd_xq_item *it)
 {
-	struct rbd_cq *cq = container_of(io, struct rbd_cq, io);
-	struct rbd_req *list, *rev = NULL;
-
-	if (cq->stopping) {
-		/* The last completion may still be between its push and its eventfd write. */
-		while (atomic_load_explicit(&cq->pushing, memory_order_acquire))
-			sched_yield();
-		close(cq->efd);
-		free(cq);
-		return;
-	}
-	if (res < 0 && res != -EAGAIN && res != -EINTR && res != -ECANCELED)
-		bd_log(BD_LOG_WARN, "rbd: reading the completion eventfd: %s", strerror(-res));
-	list = atomic_exchange_explicit(&cq->head, NULL, memory_order_acquire);
-	while (list) {
-		struct rbd_req *next = list->next;
-		list->next = rev;
-		rev = list;
-		list = next;
-	}
-	cq_arm(cq); /* before finishing: a completion pushed meanwhile writes the eventfd again */
-	while (rev) {
-		struct rbd_req *next = rev->next;
-		finish(rev);
-		rev = next;
-	}
-}
-
-static void cq_arm(struct rbd_cq *cq)
-{
-	struct io_uring_sqe *sqe = bd_loop_sqe(cq->loop);
-	io_uring_prep_read(sqe, cq->efd, &cq->val, sizeof(cq->val), 0);
-	bd_io_attach(sqe, &cq->io);
+	finish(container_of(it, struct rbd_req, qlink));
 }
 
 static int rbd_chan_open(struct bd_node *node, struct bd_chan *ch)
 {
 	struct rbd_chan *rc = bd_chan_priv(ch);
-	struct rbd_cq *cq = calloc(1, sizeof(*cq));
 
 	(void)node;
-	if (!cq)
-		return -ENOMEM;
-	cq->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (cq->efd < 0) {
-		int e = -errno;
-		free(cq);
-		return e;
-	}
-	atomic_init(&cq->head, NULL);
-	atomic_init(&cq->pushing, 0);
-	cq->io.done = cq_done;
-	cq->loop = bd_chan_loop(ch);
-	cq_arm(cq);
-	rc->cq = cq;
-	return 0;
+	return bd_xq_new(bd_chan_loop(ch), "rbd", cq_deliver, &rc->cq);
 }
 
-/* Every request has completed (the core closes a channel only then): end the pending read by
- * making the eventfd readable; its completion frees the queue. */
+/* Every request has completed (the core closes a channel only then): the queue goes. */
 static void rbd_chan_close(struct bd_node *node, struct bd_chan *ch)
 {
 	struct rbd_chan *rc = bd_chan_priv(ch);
-	uint64_t one = 1;
 
 	(void)node;
-	if (rc->cq) {
-		rc->cq->stopping = true;
-		if (write(rc->cq->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-			abort(); /* cannot happen with a valid eventfd; a leak would hide it */
-	}
+	if (rc->cq)
+		bd_xq_close(rc->cq);
 	rc->cq = NULL;
 }
 
