@@ -111,13 +111,8 @@ for ((it = 1; it <= ITERATIONS; it++)); do
 	crc=0
 	wait "$cpid" || crc=$?
 	[ "$crc" = 0 ] || { cat "$T/client.log"; bad "the workload client exited $crc"; }
-	# a killed process's io_uring is torn down asynchronously: its file lock may outlive it
-	for ((n = 0; n < 50; n++)); do
-		rc=0
-		qemu-img check "$img" >"$T/check.log" 2>&1 || rc=$?
-		grep -q "Failed to get .* lock" "$T/check.log" || break
-		sleep 0.1
-	done
+	bd_img_check "$img" "$T/check.log"
+	rc=$BD_CHECK_RC
 	case $rc in
 	0) ;;
 	3) leaks=$((leaks + 1)) ;;

@@ -55,17 +55,10 @@ for ((it = 1; it <= ITERATIONS; it++)); do
 	(while qemu-io -f raw "${cmds[@]}" -c aio_flush "$uri" >/dev/null 2>&1; do :; done) &
 	qpid=$!
 	sleep "0.$((RANDOM % 9 + 1))$((RANDOM % 10))"
-	kill -KILL "$BD_PID"
-	bd_wait_exit "$BD_PID" 10 || fail "blockd did not die"
-	_bd_forget_pid "$BD_PID"
+	bd_crash
 	wait $qpid 2>/dev/null || true
-	# a killed process's io_uring is torn down asynchronously: its file lock may outlive it
-	for ((n = 0; n < 50; n++)); do
-		rc=0
-		qemu-img check "$img" >"$T/check.log" 2>&1 || rc=$?
-		grep -q "Failed to get .* lock" "$T/check.log" || break
-		sleep 0.1
-	done
+	bd_img_check "$img" "$T/check.log"
+	rc=$BD_CHECK_RC
 	case $rc in
 	0) ;;
 	3) leaks=$((leaks + 1)); grep -i leak "$T/check.log" | head -2 ;;

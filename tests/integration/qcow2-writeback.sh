@@ -57,30 +57,19 @@ load_held()
 # crash IMG: SIGKILL blockd (and the held load), wait until QEMU can take the image's lock
 crash()
 {
-	kill9 "$1"
+	bd_crash
+	bd_img_check "$1" "$T/check.log"
 	kill "$LPID" 2>/dev/null
 	wait "$LPID" 2>/dev/null || true
-}
-
-# kill9: SIGKILL blockd and wait until QEMU can take the image's lock again
-kill9()
-{
-	kill -KILL "$BD_PID"
-	bd_wait_exit "$BD_PID" 10 || fail "blockd did not die"
-	_bd_forget_pid "$BD_PID"
-	local n
-	for ((n = 0; n < 50; n++)); do
-		qemu-img info "$1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
 }
 
 # verify IMG [allowed check codes]: qemu-img check clean (0, or 3 = leaks where allowed), and
 # equal to the reference
 verify()
 {
-	local img=$1 ok=${2:-0} rc=0
-	qemu-img check "$img" >"$T/check.log" 2>&1 || rc=$?
+	local img=$1 ok=${2:-0} rc
+	bd_img_check "$img" "$T/check.log"
+	rc=$BD_CHECK_RC
 	[[ " $ok " == *" $rc "* ]] || { cat "$T/check.log"; fail "$img: qemu-img check exited $rc"; }
 	qemu-img compare -f qcow2 -F raw "$img" "$T/ref.raw" >"$T/cmp.log" 2>&1 ||
 		{ cat "$T/cmp.log"; fail "$img differs from the reference"; }
@@ -123,8 +112,8 @@ load_held 4 800 $((256 * M)) QD=16
 q blockdev-snapshot-internal-sync '{"device": "q", "name": "s1"}' >/dev/null ||
 	fail "snapshot failed"
 crash "$T/img.qcow2"
-rc=0
-qemu-img check "$T/img.qcow2" >"$T/check.log" 2>&1 || rc=$?
+bd_img_check "$T/img.qcow2" "$T/check.log"
+rc=$BD_CHECK_RC
 [ "$rc" = 0 ] || [ "$rc" = 3 ] || { cat "$T/check.log"; fail "check after the snapshot: $rc"; }
 qemu-img convert -l snapshot.name=s1 -O raw "$T/img.qcow2" "$T/snap.raw"
 cmp "$T/snap.raw" "$T/ref.raw" || fail "the snapshot does not hold the writes made before it"

@@ -305,6 +305,30 @@ _bd_need_blockd()
 	export BLOCKD
 }
 
+# bd_crash [PID]: SIGKILL the daemon (default: the last one started) and wait until it is gone.
+bd_crash()
+{
+	local pid=${1:-$BD_PID}
+	kill -KILL "$pid"
+	bd_wait_exit "$pid" 10 || _bd_fail_at 2 "blockd (pid $pid) did not die after SIGKILL"
+	_bd_forget_pid "$pid"
+	[ "$pid" != "$BD_PID" ] || BD_PID=
+}
+
+# bd_img_check IMG LOG: `qemu-img check IMG` with its output in LOG and its exit code in
+# BD_CHECK_RC, retried for up to 5 s while a killed daemon's lock still holds the image (a killed
+# process's io_uring is torn down asynchronously: its file lock may outlive it).
+bd_img_check()
+{
+	local n
+	for ((n = 0; n < 50; n++)); do
+		BD_CHECK_RC=0
+		qemu-img check "$1" >"$2" 2>&1 || BD_CHECK_RC=$?
+		grep -q "Failed to get .* lock" "$2" || return 0
+		sleep 0.1
+	done
+}
+
 # bd_wait_exit PID TIMEOUT: wait up to TIMEOUT seconds for PID (a child of this shell) to exit.
 # Sets BD_STATUS to its exit code (128+N when killed by signal N).  Returns 1 on timeout.
 bd_wait_exit()
