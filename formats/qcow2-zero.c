@@ -29,6 +29,18 @@ static int reads_zero(struct q2_req *qr, uint64_t off, bool *zero)
 	return 1;
 }
 
+/* Whole clusters from the cluster-aligned off: those rem bytes cover (the last one partly when
+ * the request runs to the end of the disk), at least one, at most to the end of the L2 table. */
+static uint64_t whole_clusters(struct q2 *s, uint64_t off, uint64_t rem, bool to_end)
+{
+	uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
+	uint64_t n = (rem + (to_end ? s->cs - 1 : 0)) >> s->cb;
+
+	if (n > s->l2n - l2i)
+		n = s->l2n - l2i;
+	return n ? n : 1;
+}
+
 /* Write [pos, pos + part) of the request as zero bytes through the write machinery; it
  * returns to me. */
 static int zd_write_bytes(struct q2_req *qr, uint64_t part, enum q2_st me)
@@ -91,12 +103,7 @@ static int zd_sub_step(struct q2_req *qr, uint64_t off, uint64_t rem, bool to_en
 			return zd_write_bytes(qr, *done, ST_Z_NEXT); /* compressed: copied */
 		return r;
 	}
-	uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
-	uint64_t n = (rem + (to_end ? s->cs - 1 : 0)) >> s->cb;
-	if (n > s->l2n - l2i)
-		n = s->l2n - l2i;
-	if (n == 0)
-		n = 1;
+	uint64_t n = whole_clusters(s, off, rem, to_end);
 	*done = n << s->cb < rem ? n << s->cb : rem;
 	return q2_zd_plan_sub(qr, off, n, UINT32_MAX, true, unmap);
 }
@@ -140,12 +147,7 @@ int q2_zd_step(struct q2_req *qr, bool zero)
 			return r;
 		}
 		/* Whole clusters, up to the end of this L2 table. */
-		uint64_t l2i = (off >> s->cb) & (s->l2n - 1);
-		uint64_t n = (rem + (to_end ? s->cs - 1 : 0)) >> s->cb;
-		if (n > s->l2n - l2i)
-			n = s->l2n - l2i;
-		if (n == 0)
-			n = 1;
+		uint64_t n = whole_clusters(s, off, rem, to_end);
 		done = n << s->cb;
 		if (done > rem)
 			done = rem;
